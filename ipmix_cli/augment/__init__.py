@@ -1,0 +1,1 @@
+"""The IPMix engine: image-level ops, pixel-level mixing rules, patch mixing and the recipe."""
