@@ -1,0 +1,10 @@
+"""ipmix: fast, reproducible IPMix augmentation pre-materialised into HDF5 shards."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("ipmix")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+source"

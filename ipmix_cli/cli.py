@@ -2,10 +2,243 @@
 
 from __future__ import annotations
 
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
 import click
+
+from ipmix_cli.errors import IpmixError
+
+
+def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn library errors into one-line messages and Ctrl-C into a resumable stop."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except IpmixError as error:
+            raise click.ClickException(str(error)) from None
+        except KeyboardInterrupt:
+            click.echo(
+                "\ninterrupted: finished work is kept; rerun with --resume to continue", err=True
+            )
+            sys.exit(130)
+
+    return wrapper
+
+
+def check_jobs(_ctx: click.Context, _param: click.Parameter, value: int) -> int:
+    """joblib's convention, minus the meaningless 0."""
+    if value == 0:
+        raise click.BadParameter("0 workers cannot run anything; use -1 for all cores")
+    return value
 
 
 @click.group()
 @click.version_option(package_name="ipmix")
 def main() -> None:
     """ipmix: fractal mixing sets and pre-materialised IPMix augmentation."""
+
+
+@main.group()
+def fractals() -> None:
+    """Make and re-render banks of synthetic fractal images (the IPMix mixing set)."""
+
+
+@fractals.command("generate")
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Bank folder.")
+@click.option("--count", default=1000, show_default=True, type=click.IntRange(min=1))
+@click.option("--size", default=256, show_default=True, type=click.IntRange(16, 4096))
+@click.option("--points", default=100_000, show_default=True, type=click.IntRange(min=100))
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--jobs", default=-1, show_default=True, type=int, callback=check_jobs, help="-1: all cores."
+)
+@click.option(
+    "--background", default="plasma", show_default=True, type=click.Choice(["plasma", "black"])
+)
+@click.option(
+    "--format", "image_format", default="png", show_default=True, type=click.Choice(["png", "h5"])
+)
+@click.option(
+    "--render",
+    default="patch",
+    show_default=True,
+    type=click.Choice(["patch", "graded"]),
+    help="patch: each point stamps a random 3x3 subset (the reference's look).",
+)
+@click.option("--fractals-per-image", default=1, show_default=True, type=click.IntRange(1, 8))
+@click.option(
+    "--instances",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Images per IFS system (jittered variants).",
+)
+@click.option(
+    "--blur/--no-blur", default=False, show_default=True, help="Random small Gaussian blur."
+)
+@click.option(
+    "--flips/--no-flips", default=True, show_default=True, help="Random flips/transposes."
+)
+@click.option(
+    "--min-fill", default=None, type=click.FloatRange(0.0, 1.0), help="Reject sparser systems."
+)
+@click.option("--png-compression", default=1, show_default=True, type=click.IntRange(0, 9))
+@click.option("--preview", type=click.Path(path_type=Path), help="Write a contact sheet PNG here.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing bank in --out.")
+@click.option("--resume", is_flag=True, help="Finish an interrupted bank in --out.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@friendly_errors
+def fractals_generate(**opts: Any) -> None:
+    """Render a bank of IFS fractals: PNG folder (loads as an image folder) or one HDF5 file."""
+    from ipmix_cli.commands import generate_fractals
+
+    generate_fractals(**opts)
+
+
+@fractals.command("render")
+@click.argument("bank", type=click.Path(path_type=Path, exists=True))
+@click.option("--index", "indices", multiple=True, required=True, type=click.IntRange(min=0))
+@click.option(
+    "--size", default=None, type=click.IntRange(16, 8192), help="Default: the bank's size."
+)
+@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--overwrite", is_flag=True)
+@friendly_errors
+def fractals_render(
+    bank: Path, indices: tuple[int, ...], size: int | None, out: Path, overwrite: bool
+) -> None:
+    """Re-render images of BANK from its manifest, e.g. at a higher resolution."""
+    from ipmix_cli.commands import render_fractals
+
+    render_fractals(bank, indices, size, out, overwrite)
+
+
+@main.command()
+@click.option(
+    "--out", default=Path("ipmix-demo"), show_default=True, type=click.Path(path_type=Path)
+)
+@click.option("--jobs", default=-1, show_default=True, type=int, callback=check_jobs)
+@click.option("--overwrite", is_flag=True, help="Replace an earlier demo in --out.")
+@friendly_errors
+def demo(out: Path, jobs: int, overwrite: bool) -> None:
+    """Run the whole pipeline on built-in data (no download) and say where the results are."""
+    from ipmix_cli.commands import run_demo
+
+    run_demo(out, jobs, overwrite)
+
+
+def parse_size(
+    _ctx: click.Context, _param: click.Parameter, value: str | None
+) -> tuple[int, int] | None:
+    """``224`` or ``HxW`` (e.g. ``32x48``) -> (H, W)."""
+    if value is None:
+        return None
+    parts = value.lower().split("x")
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        numbers = []
+    if len(numbers) not in (1, 2) or min(numbers) < 8:
+        raise click.BadParameter(f"{value!r} is not a size like 32 or 32x48 (each side >= 8)")
+    return (numbers[0], numbers[-1])
+
+
+@main.command()
+@click.option(
+    "--input", "input_path", required=True, type=click.Path(path_type=Path), help="Data set."
+)
+@click.option(
+    "--mixing-set",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder of pictures (e.g. a fractal bank) or an HDF5 bank.",
+)
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="Entry file, e.g. data.h5."
+)
+@click.option("--copies", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--preset", default="cifar", show_default=True, type=click.Choice(["cifar", "imagenet"])
+)
+@click.option("--size", callback=parse_size, help="Output size, 32 or HxW (default: the preset's).")
+@click.option("--jsd", is_flag=True, help="Store the clean image and two views per sample.")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--jobs", default=-1, show_default=True, type=int, callback=check_jobs, help="-1: all cores."
+)
+@click.option("--shard-size", type=click.IntRange(min=1), help="Rows per shard (default: ~64 MiB).")
+@click.option(
+    "--compression", default="none", show_default=True, type=click.Choice(["none", "lzf", "gzip"])
+)
+@click.option("--k", type=click.IntRange(1, 64), help="Chains mixed together.")
+@click.option("--t", type=click.IntRange(0, 64), help="Max operations per chain.")
+@click.option(
+    "--beta", type=click.FloatRange(min=0, min_open=True), help="Pixel-mixing weight shape."
+)
+@click.option("--severity", type=click.FloatRange(min=0.1), help="Image-op strength.")
+@click.option("--all-ops/--default-ops", default=None, help="Add the 5 ImageNet-C-overlapping ops.")
+@click.option(
+    "--patch-overflow", type=click.Choice(["wrap", "clip"]), help="wrap: the reference's quirk."
+)
+@click.option("--pre", type=click.Choice(["cifar", "imagenet", "none"]), help="Pre-transform.")
+@click.option(
+    "--input-format",
+    type=click.Choice(["folder", "cifar", "npz", "npy", "hdf5"]),
+    help="Default: detected.",
+)
+@click.option(
+    "--labels", "labels_path", type=click.Path(path_type=Path), help="Labels .npy for a .npy input."
+)
+@click.option("--split", default="train", show_default=True, type=click.Choice(["train", "test"]))
+@click.option("--on-error", default="fail", show_default=True, type=click.Choice(["fail", "skip"]))
+@click.option("--resume", is_flag=True, help="Finish an interrupted run (only missing/bad shards).")
+@click.option("--overwrite", is_flag=True, help="Replace existing output.")
+@click.option("--dry-run", is_flag=True, help="Check inputs and print the plan; write nothing.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@friendly_errors
+def augment(**opts: Any) -> None:
+    """Pre-materialise IPMix-augmented copies of a data set into verified HDF5 shards."""
+    from ipmix_cli.commands import augment_dataset
+
+    augment_dataset(**opts)
+
+
+@main.command("inspect")
+@click.argument("entry", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the full record as JSON.")
+@friendly_errors
+def inspect_command(entry: Path, as_json: bool) -> None:
+    """Counts, classes, image size, bytes and config of an augment output."""
+    from ipmix_cli.commands import inspect_output
+
+    inspect_output(entry, as_json)
+
+
+@main.command()
+@click.argument("entry", type=click.Path(path_type=Path))
+@click.option("--quick", is_flag=True, help="Skip re-hashing the data (structure only).")
+@friendly_errors
+def verify(entry: Path, quick: bool) -> None:
+    """Check every shard: present, checksums, shapes, labels. Exit 1 on any fault."""
+    from ipmix_cli.commands import verify_output
+
+    verify_output(entry, quick)
+
+
+@main.command()
+@click.argument("target", type=click.Path(path_type=Path, exists=True))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="PNG to write.")
+@click.option("--count", default=32, show_default=True, type=click.IntRange(1, 1024))
+@click.option("--overwrite", is_flag=True)
+@friendly_errors
+def preview(target: Path, out: Path, count: int, overwrite: bool) -> None:
+    """A labelled contact sheet of an augment output (FILE.h5) or an image folder / bank."""
+    from ipmix_cli.commands import preview_target
+
+    preview_target(target, out, count, overwrite)

@@ -1,0 +1,317 @@
+"""The fractal-bank job behind ``ipmix fractals generate``: plan, render in parallel, assemble.
+
+A bank is a folder that loads as an image folder (``fractals/00000.png``... one class
+subfolder) or holds one HDF5 file, plus ``manifest.json`` with every image's IFS record so any
+image can be re-rendered. Work is split into fixed-size chunks keyed by image index; each chunk
+is written atomically by the worker that rendered it and marked done by a small JSON file, so an
+interrupted run resumes where it stopped and the result never depends on the number of workers.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+from PIL import Image
+
+from fractals import FractalOptions, make_images
+from ipmix_cli import __version__
+from ipmix_cli.atomic import atomic_path, remove_stale_temporaries, write_bytes_atomic
+from ipmix_cli.errors import IpmixError
+from ipmix_cli.parallel import run_unordered
+
+CHUNK_SIZE = 64
+"""Images per work unit. Fixed (not derived from --jobs) so a resumed run can reuse chunks made
+with any number of workers."""
+
+PARTIAL_DIR = ".ipmix-partial"
+MANIFEST = "manifest.json"
+IMAGE_DIR = "fractals"
+H5_NAME = "fractals.h5"
+BANK_FORMAT_VERSION = 1
+OUTPUT_NAMES = (IMAGE_DIR, H5_NAME, MANIFEST, PARTIAL_DIR)
+
+
+class BankError(IpmixError):
+    """A fractal bank cannot be made or read as asked."""
+
+
+@dataclass(frozen=True)
+class BankSpec:
+    """Everything that determines a bank's bytes (worker count deliberately excluded)."""
+
+    out: Path
+    count: int
+    seed: int
+    options: FractalOptions
+    image_format: str = "png"  # "png" | "h5"
+    png_compress_level: int = 1
+
+    def identity(self) -> dict:
+        """The settings a resumed run must share with the interrupted one."""
+        return {
+            "count": self.count,
+            "seed": self.seed,
+            "options": self.options.to_dict(),
+            "format": self.image_format,
+            "png_compress_level": self.png_compress_level,
+        }
+
+
+@dataclass
+class BankSummary:
+    out: Path
+    images: int
+    rendered: int
+    reused: int
+    seconds: float
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.rendered / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """One work unit, small enough to pickle to a worker."""
+
+    spec: BankSpec
+    index: int
+    start: int
+    stop: int
+
+
+def image_name(index: int, count: int) -> str:
+    """Zero-padded so names sort in index order (at least 5 digits, more for huge banks)."""
+    width = max(5, len(str(max(count - 1, 0))))
+    return f"{index:0{width}d}.png"
+
+
+def chunk_ranges(count: int) -> list[tuple[int, int]]:
+    return [(start, min(start + CHUNK_SIZE, count)) for start in range(0, count, CHUNK_SIZE)]
+
+
+def _chunk_record_path(out: Path, chunk: int) -> Path:
+    return out / PARTIAL_DIR / f"chunk-{chunk:06d}.json"
+
+
+def _chunk_array_path(out: Path, chunk: int) -> Path:
+    return out / PARTIAL_DIR / f"chunk-{chunk:06d}.npy"
+
+
+def encode_png(image: np.ndarray, compress_level: int) -> bytes:
+    """PNG bytes; deterministic for a given Pillow/zlib, so banks compare byte for byte."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=compress_level)
+    return buffer.getvalue()
+
+
+def _render_chunk(chunk: _Chunk) -> tuple[int, int]:
+    """Worker side: render, write the images, then the record file that marks the chunk done."""
+    spec = chunk.spec
+    indices = list(range(chunk.start, chunk.stop))
+    images, records = make_images(spec.seed, indices, spec.options)
+    if spec.image_format == "png":
+        for index, image, record in zip(indices, images, records, strict=True):
+            name = image_name(index, spec.count)
+            write_bytes_atomic(
+                spec.out / IMAGE_DIR / name, encode_png(image, spec.png_compress_level)
+            )
+            record["file"] = f"{IMAGE_DIR}/{name}"
+    else:
+        with (
+            atomic_path(_chunk_array_path(spec.out, chunk.index)) as tmp,
+            open(tmp, "wb") as handle,
+        ):
+            np.save(handle, images)
+    write_bytes_atomic(
+        _chunk_record_path(spec.out, chunk.index),
+        json.dumps({"start": chunk.start, "stop": chunk.stop, "records": records}).encode(),
+    )
+    return chunk.index, len(indices)
+
+
+def _chunk_is_done(spec: BankSpec, chunk: int, start: int, stop: int) -> bool:
+    """A chunk counts as done only if its record file parses and its images are all there."""
+    try:
+        data = json.loads(_chunk_record_path(spec.out, chunk).read_text())
+    except (OSError, ValueError):
+        return False
+    if data.get("start") != start or data.get("stop") != stop:
+        return False
+    if spec.image_format == "png":
+        return all(
+            (spec.out / IMAGE_DIR / image_name(i, spec.count)).is_file() for i in range(start, stop)
+        )
+    try:
+        array = np.load(_chunk_array_path(spec.out, chunk), mmap_mode="r")
+    except (OSError, ValueError):
+        return False
+    size = spec.options.size
+    return array.shape == (stop - start, size, size, 3) and array.dtype == np.uint8
+
+
+def _prepare_folder(spec: BankSpec, overwrite: bool, resume: bool) -> None:
+    """Refuse to clobber what a user already has; set up or validate the partial state."""
+    out = spec.out
+    if out.exists() and not out.is_dir():
+        raise BankError(f"{out}: exists and is not a folder")
+    partial = out / PARTIAL_DIR
+    job_file = partial / "job.json"
+    existing = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if existing and resume:
+        if not job_file.is_file():
+            if (out / MANIFEST).is_file():
+                raise BankError(f"{out}: the bank is already complete; nothing to resume")
+            raise BankError(f"{out}: no interrupted bank to resume (no {PARTIAL_DIR}/job.json)")
+        previous = json.loads(job_file.read_text())
+        if previous != spec.identity():
+            changed = sorted(k for k in spec.identity() if previous.get(k) != spec.identity()[k])
+            raise BankError(
+                f"{out}: cannot resume, options differ from the interrupted run "
+                f"({', '.join(changed)})"
+            )
+        for folder in (out, out / IMAGE_DIR, partial):
+            remove_stale_temporaries(folder)
+        return
+    if existing:
+        if not overwrite:
+            raise BankError(
+                f"{out}: folder is not empty ({len(existing)} entries); "
+                "pass --overwrite to replace it or --resume to continue an interrupted run"
+            )
+        for name in OUTPUT_NAMES:
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    try:
+        (out / IMAGE_DIR if spec.image_format == "png" else out).mkdir(parents=True, exist_ok=True)
+        partial.mkdir(exist_ok=True)
+        write_bytes_atomic(job_file, json.dumps(spec.identity(), sort_keys=True).encode())
+    except OSError as error:
+        raise BankError(f"{out}: cannot write here ({error.strerror or error})") from error
+
+
+def _manifest(spec: BankSpec, records: list[dict]) -> dict:
+    return {
+        "tool": "ipmix",
+        "version": __version__,
+        "bank_format_version": BANK_FORMAT_VERSION,
+        "format": spec.image_format,
+        "count": spec.count,
+        "seed": spec.seed,
+        "options": spec.options.to_dict(),
+        "png_compress_level": spec.png_compress_level,
+        "records": records,
+    }
+
+
+def _collect_records(spec: BankSpec) -> list[dict]:
+    records: list[dict] = []
+    for chunk, _ in enumerate(chunk_ranges(spec.count)):
+        records.extend(json.loads(_chunk_record_path(spec.out, chunk).read_text())["records"])
+    return records
+
+
+def _write_h5(spec: BankSpec, manifest: dict) -> None:
+    """Join the chunk arrays into one HDF5 file (written atomically)."""
+    size = spec.options.size
+    with atomic_path(spec.out / H5_NAME) as tmp, h5py.File(tmp, "w") as h5:
+        images = h5.create_dataset(
+            "images",
+            shape=(spec.count, size, size, 3),
+            dtype=np.uint8,
+            chunks=(1, size, size, 3),
+        )
+        for chunk, (start, stop) in enumerate(chunk_ranges(spec.count)):
+            images[start:stop] = np.load(_chunk_array_path(spec.out, chunk))
+        records = manifest["records"]
+        h5.create_dataset(
+            "records",
+            data=np.array([json.dumps(r) for r in records], dtype=object),
+            dtype=h5py.string_dtype(),
+        )
+        for key in ("tool", "version", "bank_format_version", "format", "count", "seed"):
+            h5.attrs[key] = manifest[key]
+        h5.attrs["options"] = json.dumps(manifest["options"], sort_keys=True)
+
+
+def generate_bank(
+    spec: BankSpec,
+    jobs: int = -1,
+    overwrite: bool = False,
+    resume: bool = False,
+    on_progress: Callable[[int], None] | None = None,
+    backend: str = "loky",
+) -> BankSummary:
+    """Render a bank into ``spec.out``; safe to interrupt and ``resume``.
+
+    ``on_progress(n)`` is called with the number of images finished (already-done chunks are
+    reported first, in one call) so the caller can drive a progress bar.
+    """
+    if spec.count < 1:
+        raise BankError(f"{spec.out}: --count must be at least 1 (got {spec.count})")
+    if spec.image_format not in ("png", "h5"):
+        raise BankError(f"{spec.out}: unknown format {spec.image_format!r} (png or h5)")
+    started = time.perf_counter()
+    _prepare_folder(spec, overwrite=overwrite, resume=resume)
+    todo: list[_Chunk] = []
+    reused = 0
+    for chunk, (start, stop) in enumerate(chunk_ranges(spec.count)):
+        if resume and _chunk_is_done(spec, chunk, start, stop):
+            reused += stop - start
+        else:
+            todo.append(_Chunk(spec, chunk, start, stop))
+    if on_progress and reused:
+        on_progress(reused)
+    for _, finished in run_unordered(_render_chunk, todo, jobs=jobs, backend=backend):
+        if on_progress:
+            on_progress(finished)
+    manifest = _manifest(spec, _collect_records(spec))
+    if spec.image_format == "h5":
+        _write_h5(spec, manifest)
+    write_bytes_atomic(spec.out / MANIFEST, json.dumps(manifest, indent=1).encode())
+    shutil.rmtree(spec.out / PARTIAL_DIR)
+    return BankSummary(
+        out=spec.out,
+        images=spec.count,
+        rendered=spec.count - reused,
+        reused=reused,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def load_manifest(bank: Path) -> dict:
+    """Read a complete bank's manifest, with a clear error for anything else."""
+    path = bank / MANIFEST if bank.is_dir() else bank
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BankError(f"{path}: no manifest (not a bank, or an unfinished one)") from None
+    except (OSError, ValueError) as error:
+        raise BankError(f"{path}: unreadable manifest ({error})") from error
+    if manifest.get("tool") != "ipmix" or "records" not in manifest:
+        raise BankError(f"{path}: not an ipmix fractal-bank manifest")
+    return manifest
+
+
+def read_bank_images(bank: Path, limit: int | None = None) -> list[np.ndarray]:
+    """The first ``limit`` images of a complete bank, whatever its format (for previews)."""
+    manifest = load_manifest(bank)
+    count = manifest["count"] if limit is None else min(limit, manifest["count"])
+    if manifest["format"] == "h5":
+        with h5py.File(bank / H5_NAME, "r") as h5:
+            return list(h5["images"][:count])
+    return [
+        np.asarray(Image.open(bank / r["file"]).convert("RGB")) for r in manifest["records"][:count]
+    ]
