@@ -1,0 +1,72 @@
+"""Exception hierarchy for ipmix.
+
+Every error the library raises on purpose is an :class:`IpmixError`. Its ``str()`` is a single
+line of the form ``"<path>: <what is wrong>"`` so the CLI can print it as-is (no traceback) and a
+user can tell at a glance which file to look at. Multi-line causes (for example an HDF5 error
+stack) are collapsed onto that one line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = [
+    "DecodeError",
+    "IpmixError",
+    "ShardError",
+    "SourceError",
+    "one_line",
+]
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    """Collapse ``text`` to one line of at most ``limit`` characters.
+
+    Library messages (Pillow, h5py, numpy) sometimes span several lines; ours must not, because
+    the CLI prints one line per problem and tests match on it.
+    """
+    s = " ".join(str(text).split())
+    if len(s) > limit:
+        s = s[: limit - 3] + "..."
+    return s
+
+
+class IpmixError(Exception):
+    """Base class: a problem the user can fix, usually with a named file or folder.
+
+    Two call forms, both giving a one-line ``str()``:
+
+    * ``IpmixError(path, problem)`` -> ``"<path>: <problem>"`` (preferred: ``path`` and
+      ``problem`` stay available as attributes, e.g. for ``skipped`` lists);
+    * ``IpmixError(message)`` -> ``message`` (already formatted by the caller, conventionally
+      ``"<path>: <problem>"`` too).
+    """
+
+    def __init__(self, *args: object) -> None:
+        if len(args) == 2:
+            path, problem = args
+            self.path: str | None = None if path is None else str(Path(path))  # type: ignore[arg-type]
+            self.problem = one_line(problem)
+        elif len(args) == 1:
+            self.path = None
+            self.problem = one_line(args[0])
+        else:
+            raise TypeError("IpmixError(message) or IpmixError(path, problem)")
+        super().__init__(*args)
+
+    def __str__(self) -> str:
+        if self.path is None:
+            return self.problem
+        return f"{self.path}: {self.problem}"
+
+
+class SourceError(IpmixError):
+    """An input data set (or mixing set) cannot be opened or read."""
+
+
+class DecodeError(SourceError):
+    """One image file cannot be decoded (not an image, truncated, empty, ...)."""
+
+
+class ShardError(IpmixError):
+    """An output shard or entry file is missing, corrupt or inconsistent."""
