@@ -256,6 +256,26 @@ def verify_output(entry: Path, quick: bool) -> None:
     )
 
 
+def _sample_rows(output: Any, count: int) -> tuple[list[np.ndarray], list[str]]:
+    """About ``count`` pictures from rows spread evenly over the output (so several classes and
+    copies show); in JSD mode each row contributes its clean image and both views side by side."""
+    names = output.class_names
+    wanted = max(1, count // 3) if output.mode == "jsd" else count
+    rows = np.unique(np.linspace(0, len(output) - 1, min(wanted, len(output))).astype(int))
+    pictures: list[np.ndarray] = []
+    captions: list[str] = []
+    for row in rows.tolist():
+        label = int(output.labels[row])
+        name = names[label] if label < len(names) else str(label)
+        if output.mode == "jsd":
+            pictures += [output.dataset(d)[row] for d in ("clean", "images", "images2")]
+            captions += [f"{name} clean", "view 1", "view 2"]
+        else:
+            pictures.append(output.images[row])
+            captions.append(name)
+    return pictures, captions
+
+
 def preview_target(target: Path, out: Path, count: int, overwrite: bool) -> None:
     """``ipmix preview``: contact sheet of an augment output or of an image folder."""
     if out.exists() and not overwrite:
@@ -265,12 +285,9 @@ def preview_target(target: Path, out: Path, count: int, overwrite: bool) -> None
         captions = None
     else:
         with open_output(target) as output:
-            n = min(count, len(output))
-            names = output.manifest.get("class_names") or []
-            pictures = list(output.images[:n])
-            labels = output.labels[:n]
-            captions = [names[i] if i < len(names) else str(i) for i in labels]
-    save_png_atomic(contact_sheet(pictures, captions=captions, columns=8, cell=128), out)
+            pictures, captions = _sample_rows(output, count)
+    columns = 9 if captions and captions[0].endswith("clean") else 8
+    save_png_atomic(contact_sheet(pictures, captions=captions, columns=columns, cell=128), out)
     click.echo(f"{len(pictures)} images -> {out}")
 
 

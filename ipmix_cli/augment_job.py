@@ -1,0 +1,325 @@
+"""The job behind ``ipmix augment``: plan shards, augment them in workers, join them.
+
+Rows are laid out copy-major (row = copy * N + source) so that copy c of every source is one
+contiguous block: a reader serving epoch e reads block e mod copies sequentially. A shard is a
+fixed range of rows; the worker that computes it writes it atomically, so a killed run loses at
+most the shards in flight, and ``resume`` recomputes exactly the missing or invalid ones. Every
+sample's bytes depend only on (seed, source, copy, view), so the result is the same for any
+number of workers and after any number of resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ipmix_cli.atomic import atomic_path, remove_stale_temporaries, write_bytes_atomic
+from ipmix_cli.augment.config import IPMixConfig
+from ipmix_cli.augment.engine import augment_batch, augment_images
+from ipmix_cli.augment.mixing_set import MixingSet
+from ipmix_cli.errors import IpmixError
+from ipmix_cli.parallel import run_unordered
+from ipmix_cli.shards import (
+    ShardInfo,
+    read_shard_info,
+    shard_dir,
+    shard_filename,
+    shard_is_valid,
+    write_entry,
+    write_shard,
+)
+from ipmix_cli.sources import Source, open_mixing_set, open_source
+
+JOB_FILE = "job.json"
+MIXING_FILE = "mixing-set.npz"
+WORK_DIR = ".work"
+SHARD_TARGET_BYTES = 64 * 1024 * 1024
+
+
+class AugmentError(IpmixError):
+    """The augment job cannot run as asked."""
+
+
+@dataclass(frozen=True)
+class AugmentSpec:
+    """Everything that determines the output bytes (worker count deliberately excluded)."""
+
+    input: Path
+    mixing_set: Path
+    out: Path
+    config: IPMixConfig
+    copies: int = 1
+    seed: int = 0
+    shard_size: int | None = None
+    compression: str = "none"
+    input_format: str | None = None
+    on_error: str = "fail"
+    split: str = "train"
+    labels_path: Path | None = None
+
+    def rows_per_shard(self) -> int:
+        """Explicit ``shard_size``, else about 64 MiB of images per shard (64 to 16384 rows)."""
+        if self.shard_size is not None:
+            return self.shard_size
+        h, w = self.config.size
+        per_row = h * w * 3 * self.config.n_views
+        return int(max(64, min(16384, SHARD_TARGET_BYTES // per_row)))
+
+
+@dataclass
+class AugmentSummary:
+    out: Path
+    images: int
+    shards: int
+    computed_shards: int
+    reused_shards: int
+    bytes: int
+    seconds: float
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        """Images computed per second in this run (reused shards excluded)."""
+        computed = self.images * self.computed_shards / max(self.shards, 1)
+        return computed / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        skipped = f", {len(self.skipped)} unreadable files skipped" if self.skipped else ""
+        reused = f", {self.reused_shards} reused" if self.reused_shards else ""
+        return (
+            f"{self.images} images in {self.shards} shards ({self.bytes / 1e6:.1f} MB){reused}"
+            f" in {self.seconds:.1f} s, {self.rate:.0f} images/s{skipped} -> {self.out}"
+        )
+
+
+@dataclass(frozen=True)
+class _ShardTask:
+    """One shard's work, cheap to pickle: the source object reopens its files lazily."""
+
+    index: int
+    start: int
+    stop: int
+    n_sources: int
+    source: Source
+    mixing_file: Path
+    spec: AugmentSpec
+    job_hash: str
+
+
+@lru_cache(maxsize=2)
+def _load_mixing(path: Path, config_json: str) -> MixingSet:
+    """Each worker process loads the prepared mixing set once, not once per shard."""
+    config = IPMixConfig.from_dict(json.loads(config_json))
+    with np.load(path) as data:
+        return MixingSet(data["pictures"], data["shapes"], config.size, config.mixing_side)
+
+
+def _augment_rows(task: _ShardTask, mixing: MixingSet) -> dict[str, np.ndarray]:
+    spec, config = task.spec, task.spec.config
+    rows = np.arange(task.start, task.stop, dtype=np.int64)
+    copies, sources = np.divmod(rows, task.n_sources)
+    labels = np.asarray(task.source.labels, dtype=np.int64)[sources]
+    images = task.source.read_batch(sources.tolist())
+    if config.pre == "imagenet":
+        out = augment_images(list(images), sources, copies, mixing, config, spec.seed)
+    else:
+        shapes = {tuple(np.shape(image)) for image in images}
+        expected = (*config.size, 3)
+        if shapes != {expected}:
+            bad = next(s for s in shapes if s != expected)
+            raise AugmentError(
+                f"{spec.input}: image of shape {bad[0]}x{bad[1]} but --pre {config.pre} needs "
+                f"{expected[0]}x{expected[1]} inputs; use --size, or --pre imagenet to crop"
+            )
+        out = augment_batch(np.asarray(images), sources, copies, mixing, config, spec.seed)
+    arrays = {"labels": labels, "source_index": sources, "copy_index": copies}
+    if config.jsd:
+        arrays.update(clean=out[:, 0], images=out[:, 1], images2=out[:, 2])
+    else:
+        arrays["images"] = out
+    return arrays
+
+
+def _compute_shard(task: _ShardTask) -> ShardInfo:
+    """Worker side: augment one shard's rows and write the shard atomically."""
+    mixing = _load_mixing(task.mixing_file, json.dumps(task.spec.config.to_dict(), sort_keys=True))
+    arrays = _augment_rows(task, mixing)
+    path = shard_dir(task.spec.out) / shard_filename(task.index)
+    return write_shard(
+        path,
+        arrays,
+        attrs={"job": task.job_hash},
+        index=task.index,
+        compression=task.spec.compression,
+    )
+
+
+def _fingerprint_mixing(pictures: list[np.ndarray], path: Path) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    for picture in pictures:
+        digest.update(f"{picture.shape}".encode())
+        digest.update(np.ascontiguousarray(picture).tobytes())
+    return {"path": str(path), "count": len(pictures), "sha256": digest.hexdigest()}
+
+
+def _identity(spec: AugmentSpec, source: Source, mixing_print: dict[str, Any]) -> dict[str, Any]:
+    """What a resumed run must share with the interrupted one for its shards to be reusable."""
+    return {
+        "config": spec.config.to_dict(),
+        "seed": spec.seed,
+        "copies": spec.copies,
+        "rows_per_shard": spec.rows_per_shard(),
+        "compression": spec.compression,
+        "source": source.fingerprint(),
+        "source_count": len(source),
+        "mixing_set": mixing_print,
+    }
+
+
+def _prepare_output(spec: AugmentSpec, overwrite: bool, resume: bool) -> Path:
+    """Refuse to clobber existing output; return the shard folder, created."""
+    out = spec.out
+    folder = shard_dir(out)
+    if out.exists() and out.is_dir():
+        raise AugmentError(f"{out}: is a folder; --out names the entry file, e.g. data.h5")
+    if (out.exists() or folder.exists()) and not (overwrite or resume):
+        raise AugmentError(
+            f"{out}: output exists; pass --overwrite to replace it or --resume to continue"
+        )
+    if overwrite:
+        if out.exists():
+            out.unlink()
+        if folder.exists():
+            shutil.rmtree(folder)
+    try:
+        (folder / WORK_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise AugmentError(f"{out}: cannot write here ({error.strerror or error})") from error
+    return folder
+
+
+def plan_shards(total_rows: int, rows_per_shard: int) -> list[tuple[int, int]]:
+    return [
+        (start, min(start + rows_per_shard, total_rows))
+        for start in range(0, total_rows, rows_per_shard)
+    ]
+
+
+def open_inputs(spec: AugmentSpec, jobs: int = 1) -> tuple[Source, list[np.ndarray]]:
+    """Open and check the data set and the mixing set (errors name the file)."""
+    source = open_source(
+        spec.input,
+        spec.input_format,
+        spec.on_error,
+        split=spec.split,
+        labels_path=spec.labels_path,
+        n_jobs=jobs,
+    )
+    if len(source) == 0:
+        raise AugmentError(f"{spec.input}: no readable images")
+    pictures = open_mixing_set(spec.mixing_set)
+    return source, pictures
+
+
+def run_augment(
+    spec: AugmentSpec,
+    jobs: int = -1,
+    overwrite: bool = False,
+    resume: bool = False,
+    on_start: Callable[[int, int], None] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    backend: str = "loky",
+) -> AugmentSummary:
+    """Augment ``spec.input`` into shards + entry file at ``spec.out``.
+
+    ``on_start(total_images, already_done)`` is called once the plan is known, then
+    ``on_progress(n)`` after each finished shard, so a caller can drive a progress bar.
+    """
+    if spec.copies < 1:
+        raise AugmentError(f"{spec.out}: --copies must be at least 1 (got {spec.copies})")
+    if overwrite and resume:
+        raise AugmentError(f"{spec.out}: choose one of --overwrite and --resume")
+    started = time.perf_counter()
+    source, pictures = open_inputs(spec, jobs=max(1, jobs))
+    mixing_print = _fingerprint_mixing(pictures, spec.mixing_set)
+    identity = _identity(spec, source, mixing_print)
+    job_hash = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    folder = _prepare_output(spec, overwrite=overwrite, resume=resume)
+    job_file = folder / WORK_DIR / JOB_FILE
+    if resume and job_file.is_file():
+        previous = json.loads(job_file.read_text())
+        if previous != identity:
+            changed = sorted(k for k in identity if previous.get(k) != identity[k])
+            raise AugmentError(
+                f"{spec.out}: cannot resume, the inputs or options differ from the interrupted "
+                f"run ({', '.join(changed)}); use --overwrite to start again"
+            )
+        remove_stale_temporaries(folder)
+        remove_stale_temporaries(folder / WORK_DIR)
+    write_bytes_atomic(job_file, json.dumps(identity, sort_keys=True).encode())
+    mixing = MixingSet.from_pictures(pictures, spec.config)
+    mixing_file = folder / WORK_DIR / MIXING_FILE
+    with atomic_path(mixing_file) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, pictures=mixing.pictures, shapes=mixing.shapes)
+
+    n_sources = len(source)
+    ranges = plan_shards(n_sources * spec.copies, spec.rows_per_shard())
+    infos: dict[int, ShardInfo] = {}
+    tasks: list[_ShardTask] = []
+    for index, (start, stop) in enumerate(ranges):
+        path = folder / shard_filename(index)
+        expected = {"count": stop - start, "index": index, "attrs": {"job": job_hash}}
+        if resume and shard_is_valid(path, expected):
+            infos[index] = read_shard_info(path)
+        else:
+            tasks.append(
+                _ShardTask(index, start, stop, n_sources, source, mixing_file, spec, job_hash)
+            )
+    for stale in folder.glob("shard-*.h5"):
+        if stale.name not in {shard_filename(i) for i in range(len(ranges))}:
+            stale.unlink()
+    reused_rows = sum(info.count for info in infos.values())
+    if on_start:
+        on_start(n_sources * spec.copies, reused_rows)
+    for info in run_unordered(_compute_shard, tasks, jobs=jobs, backend=backend):
+        infos[info.index] = info
+        if on_progress:
+            on_progress(info.count)
+
+    manifest = {
+        "config": spec.config.to_dict(),
+        "seed": spec.seed,
+        "copies": spec.copies,
+        "num_sources": n_sources,
+        "layout": "copy-major: row = copy * num_sources + source",
+        "rows_per_shard": spec.rows_per_shard(),
+        "compression": spec.compression,
+        "source": {**source.to_dict(), "fingerprint": source.fingerprint()},
+        "mixing_set": mixing_print,
+        "skipped": [list(item) for item in source.skipped],
+        "job": job_hash,
+    }
+    write_entry(
+        spec.out, [infos[i] for i in range(len(ranges))], manifest, class_names=source.class_names
+    )
+    shutil.rmtree(folder / WORK_DIR)
+    size = spec.out.stat().st_size + sum(p.stat().st_size for p in folder.glob("shard-*.h5"))
+    return AugmentSummary(
+        out=spec.out,
+        images=n_sources * spec.copies,
+        shards=len(ranges),
+        computed_shards=len(tasks),
+        reused_shards=len(ranges) - len(tasks),
+        bytes=size,
+        seconds=time.perf_counter() - started,
+        skipped=[(str(a), str(b)) for a, b in source.skipped],
+    )
