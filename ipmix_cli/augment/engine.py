@@ -1,0 +1,221 @@
+"""Public Python API of the IPMix engine: batches of uint8 images in, augmented images out.
+
+The augment command calls these from worker processes. Each sample is identified by
+``(source_index, copy_index)``; together with the root ``seed`` that fixes every random draw
+(fractals.rng streams), so a sample's bytes do not depend on which batch, worker or resumed
+run produced it.
+
+Layouts: input (N, H, W, 3) uint8 RGB. Output (N, H', W', 3), or (N, 3, H', W', 3) in JSD mode
+holding [clean (pre-transformed x), view 1, view 2].
+
+Fast path: :func:`augment_batch` with the CIFAR or "none" pre-transform runs one jitted kernel
+over the whole batch. With the ImageNet pre-transform each image first goes through
+RandomResizedCrop in Pillow (Python per image, cheap next to a 224 px recipe), then the same
+kernel runs on the stacked crops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from fractals.rng import MASK64
+from ipmix_cli.augment.config import ConfigError, IPMixConfig
+from ipmix_cli.augment.mixing import overflow_code
+from ipmix_cli.augment.mixing_set import MixingSet
+from ipmix_cli.augment.pretransform import PRE_FIELDS, random_resized_crop, rrc_params
+from ipmix_cli.augment.recipe import (
+    PRE_MODE_CIFAR,
+    PRE_MODE_FLIP,
+    PRE_MODE_NONE,
+    RecipeTrace,
+    ipmix_batch,
+    stream_keys,
+    view_record_length,
+)
+
+__all__ = [
+    "augment_batch",
+    "augment_batch_traced",
+    "augment_image",
+    "augment_images",
+    "warmup",
+]
+
+
+def augment_batch(
+    images: np.ndarray,
+    source_indices: np.ndarray,
+    copy_index: int | np.ndarray,
+    mixing: MixingSet,
+    config: IPMixConfig,
+    seed: int,
+) -> np.ndarray:
+    """IPMix a batch of same-size images.
+
+    ``images``: (N, H, W, 3) uint8. For ``pre`` 'cifar' and 'none', (H, W) must equal
+    ``config.size``; for 'imagenet' any size (each image is RandomResizedCrop'd to it).
+    ``source_indices``: (N,) dataset indices; ``copy_index``: one int or (N,) ints.
+    Returns (N, H', W', 3) uint8, or (N, 3, H', W', 3) = [clean, view1, view2] with ``jsd``.
+    """
+    return _run(images, source_indices, copy_index, mixing, config, seed, trace=False)[0]
+
+
+def augment_images(
+    images: Sequence[np.ndarray],
+    source_indices: np.ndarray | Sequence[int],
+    copy_index: int | np.ndarray,
+    mixing: MixingSet,
+    config: IPMixConfig,
+    seed: int,
+) -> np.ndarray:
+    """Like :func:`augment_batch` for a list of images of different sizes (the ImageNet path:
+    each is RandomResizedCrop'd to ``config.size`` before one kernel call for all)."""
+    return _run(images, source_indices, copy_index, mixing, config, seed, trace=False)[0]
+
+
+def augment_image(
+    image: np.ndarray,
+    source_index: int,
+    copy_index: int,
+    mixing: MixingSet,
+    config: IPMixConfig,
+    seed: int,
+) -> np.ndarray:
+    """IPMix one image of any size (H x W x 3 uint8). Same bytes as the same sample inside
+    any batch. Returns (H', W', 3), or (3, H', W', 3) with ``jsd``."""
+    out = _run([image], [source_index], copy_index, mixing, config, seed, trace=False)[0]
+    return out[0]
+
+
+def augment_batch_traced(
+    images: np.ndarray | Sequence[np.ndarray],
+    source_indices: np.ndarray | Sequence[int],
+    copy_index: int | np.ndarray,
+    mixing: MixingSet,
+    config: IPMixConfig,
+    seed: int,
+) -> tuple[np.ndarray, RecipeTrace]:
+    """:func:`augment_batch` plus a :class:`RecipeTrace` of every random draw and each chain's
+    image (for tests, debugging and the docs' picture grid; the images are identical)."""
+    out, trace = _run(images, source_indices, copy_index, mixing, config, seed, trace=True)
+    assert trace is not None
+    return out, trace
+
+
+def warmup(config: IPMixConfig) -> None:
+    """Compile (or load from numba's cache) every kernel this config uses, on tiny inputs, so
+    the first real batch is not charged for it."""
+    small = config.replace(size=(8, 8), patch_sizes=(2, 4), mixing_short_side=None)
+    mixing = MixingSet.from_pictures([np.zeros((9, 9, 3), np.uint8)], small)
+    images = np.zeros((2, 8, 8, 3), np.uint8)
+    sources = np.arange(2, dtype=np.int64)
+    augment_batch(images, sources, 0, mixing, small, 0)
+    augment_batch_traced(images, sources, 0, mixing, small, 0)
+    rrc_params(np.zeros(1, np.uint64), 8, 8, 0.08, 1.0, 0.75, 4.0 / 3.0)
+
+
+def _run(
+    images: np.ndarray | Sequence[np.ndarray],
+    source_indices: np.ndarray | Sequence[int],
+    copy_index: int | np.ndarray,
+    mixing: MixingSet,
+    config: IPMixConfig,
+    seed: int,
+    trace: bool,
+) -> tuple[np.ndarray, RecipeTrace | None]:
+    if not isinstance(config, IPMixConfig):
+        raise TypeError(f"config must be an IPMixConfig, got {type(config).__name__}")
+    if not isinstance(mixing, MixingSet):
+        raise TypeError(f"mixing must be a MixingSet, got {type(mixing).__name__}")
+    if tuple(mixing.size) != config.size:
+        raise ConfigError(
+            f"the mixing set was prepared for size {tuple(mixing.size)} but the config's size "
+            f"is {config.size}; prepare it with MixingSet.from_pictures(pictures, config)"
+        )
+    n = len(images)
+    sources = np.ascontiguousarray(np.asarray(source_indices, dtype=np.int64).reshape(-1))
+    if sources.shape[0] != n:
+        raise ValueError(f"{n} images but {sources.shape[0]} source indices")
+    copies = np.ascontiguousarray(
+        np.broadcast_to(np.asarray(copy_index, dtype=np.int64), (n,)).copy()
+    )
+    seed64 = np.uint64(int(seed) & MASK64)
+    state0 = stream_keys(seed64, sources, copies, 0)
+    H, W = config.size
+    k, t = config.k, config.t
+    n_views = 2 if config.jsd else 1
+
+    trace0 = np.full((max(n, 1), PRE_FIELDS), -1.0) if trace else np.empty((1, 1))
+    if config.pre == "imagenet":
+        batch = np.empty((n, H, W, 3), dtype=np.uint8)
+        for i in range(n):
+            img = _check_image(images[i], i)
+            batch[i] = random_resized_crop(
+                img, state0[i : i + 1], (H, W), trace0[i] if trace else None
+            )
+        pre_mode = PRE_MODE_FLIP
+    else:
+        if isinstance(images, np.ndarray):
+            batch = images
+            if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[3] != 3:
+                raise ValueError(
+                    f"images must be (N, H, W, 3) uint8, got {batch.dtype} {batch.shape}"
+                )
+        else:
+            batch = np.stack([_check_image(img, i) for i, img in enumerate(images)]) if n else None
+            if batch is None:
+                batch = np.empty((0, H, W, 3), np.uint8)
+        if batch.shape[1:3] != (H, W):
+            raise ValueError(
+                f"images are {batch.shape[1]}x{batch.shape[2]} but config.size is {H}x{W}; "
+                f"with pre={config.pre!r} inputs must already have the output size"
+            )
+        batch = np.ascontiguousarray(batch)
+        pre_mode = PRE_MODE_CIFAR if config.pre == "cifar" else PRE_MODE_NONE
+
+    out = np.empty((n, config.n_views, H, W, 3), dtype=np.uint8)
+    if trace:
+        rec = np.empty((n, n_views, view_record_length(k, t)), dtype=np.float64)
+        chains = np.empty((n, n_views, k, H, W, 3), dtype=np.uint8)
+    else:
+        rec = np.empty((1, 1, 1), dtype=np.float64)
+        chains = np.empty((1, 1, 1, 1, 1, 3), dtype=np.uint8)
+    if n:
+        ipmix_batch(
+            batch,
+            state0,
+            seed64,
+            sources,
+            copies,
+            mixing.pictures,
+            mixing.shapes,
+            pre_mode,
+            config.crop_padding,
+            k,
+            t,
+            float(config.beta),
+            float(config.severity),
+            config.n_ops,
+            np.asarray(config.patch_sizes, dtype=np.int64),
+            config.patch_source == "mixed",
+            overflow_code(config.patch_overflow),
+            config.jsd,
+            out,
+            trace,
+            rec,
+            trace0,
+            chains,
+        )
+    result = out if config.jsd else out.reshape(n, H, W, 3)
+    if not trace:
+        return result, None
+    return result, RecipeTrace.decode(rec, trace0[:n], chains, k, t)
+
+
+def _check_image(img: np.ndarray, i: int) -> np.ndarray:
+    arr = np.asarray(img)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"image {i} must be H x W x 3 uint8, got {arr.dtype} {arr.shape}")
+    return arr

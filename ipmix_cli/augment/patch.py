@@ -1,0 +1,175 @@
+"""Patch-level mixing: mix one random box of the chain image with the same box of a source.
+
+Follows the reference's ``patch_mixing``: ``left = randint(0, W - size)``,
+``top = randint(0, H - size)``; with probability 1/2 the box is size x size, otherwise its
+width and height are independent ``randint(2, size)`` (anchored at the same left/top, so the box
+always lies inside the image). The box of the chain image ``c`` and of the source are mixed with
+one pixel rule (mixing.py) in float32 [0, 1], converted back to uint8 by truncation with the
+chosen overflow mode and pasted back into ``c``.
+
+Clamp (our addition): the reference raises on a patch larger than the image (``randint`` with a
+negative range); we clamp the side to the image per axis, ``sx = min(size, W)``,
+``sy = min(size, H)``, so a "square" patch on a non-square image is ``sy x sx`` and the free shape
+draws ``width = randint(2, sx)``, ``height = randint(2, sy)``. For the presets at their own size
+(CIFAR 32 px with sizes <= 32, ImageNet 224 px with sizes <= 224) the clamp never triggers.
+
+The box is read before it is written and nothing outside it changes, so mixing in place into
+``c`` is the same as the reference's crop / mix / paste into a copy.
+"""
+
+from __future__ import annotations
+
+import numba as nb
+import numpy as np
+
+from fractals.rng import coin, randint, uniform
+from ipmix_cli.augment.mixing import (
+    OVERFLOW_WRAP,
+    RULE_ADD,
+    RULE_MULTIPLY,
+    RULE_RANDOM_PIXELS,
+    U8_TO_UNIT,
+    draw_weights,
+    truncate_clip,
+    truncate_wrap,
+)
+
+__all__ = [
+    "OP_FIELDS",
+    "OPF_BRANCH",
+    "OPF_HEIGHT",
+    "OPF_KIND",
+    "OPF_LEFT",
+    "OPF_LEVEL",
+    "OPF_NEGATE",
+    "OPF_OP",
+    "OPF_Q",
+    "OPF_RULE",
+    "OPF_SIZE",
+    "OPF_SOURCE",
+    "OPF_SQUARE",
+    "OPF_TOP",
+    "OPF_WA",
+    "OPF_WB",
+    "OPF_WIDTH",
+    "patch_mix",
+]
+
+# Layout of one operation's trace record (float64[OP_FIELDS]); -1 / NaN where not applicable.
+# Image ops fill KIND, OP, LEVEL, NEGATE. Patch ops fill KIND, SIZE, RULE, SOURCE, the box, the
+# rule's draws, and OP/LEVEL/NEGATE of the image op that made the source when SOURCE == 1.
+OPF_KIND = 0  # 0 image op, 1 patch op
+OPF_OP = 1  # image op id (for a patch op: the source's image op, -1 if the source is p)
+OPF_LEVEL = 2  # image op level L
+OPF_NEGATE = 3  # image op sign coin (0/1)
+OPF_SIZE = 4  # patch size as drawn from patch_sizes (before the clamp)
+OPF_RULE = 5  # pixel rule id (mixing.RULE_*)
+OPF_SOURCE = 6  # 0: the mixing picture p, 1: image_op(x)
+OPF_LEFT = 7
+OPF_TOP = 8
+OPF_SQUARE = 9  # 1: full size box, 0: free width/height
+OPF_WIDTH = 10
+OPF_HEIGHT = 11
+OPF_BRANCH = 12  # draw_weights branch (add/multiply), -1 for random rules
+OPF_WA = 13
+OPF_WB = 14
+OPF_Q = 15  # mask threshold of the random rules
+OP_FIELDS = 16
+
+_TINY = np.float32(1e-37)  # multiply's clip of 2b, as in mixing.multiply_px
+
+
+@nb.njit(cache=True)
+def patch_mix(
+    c: np.ndarray,
+    src: np.ndarray,
+    size: int,
+    rule: int,
+    state: np.ndarray,
+    beta: float,
+    overflow: int,
+    rec: np.ndarray,
+) -> None:
+    """Mix a random box of ``src`` into ``c`` (both uint8 H x W x 3, same shape) in place.
+
+    Draw order: left, top, square coin, [width, height], then the rule's draws (weights branch,
+    wa, wb for add/multiply; q then one uniform per pixel or element for the random rules).
+    The draws are written to ``rec`` (OPF_* layout) so tests can replay them.
+    """
+    H = c.shape[0]
+    W = c.shape[1]
+    sx = min(size, W)
+    sy = min(size, H)
+    left = randint(state, 0, W - sx)
+    top = randint(state, 0, H - sy)
+    if coin(state):
+        pw = sx
+        ph = sy
+        rec[OPF_SQUARE] = 1.0
+    else:
+        pw = randint(state, min(2, sx), sx)
+        ph = randint(state, min(2, sy), sy)
+        rec[OPF_SQUARE] = 0.0
+    rec[OPF_LEFT] = left
+    rec[OPF_TOP] = top
+    rec[OPF_WIDTH] = pw
+    rec[OPF_HEIGHT] = ph
+    rec[OPF_RULE] = rule
+    wrap = overflow == OVERFLOW_WRAP
+
+    if rule <= RULE_MULTIPLY:  # add (0) or multiply (1)
+        wa, wb, branch = draw_weights(state, beta)
+        rec[OPF_BRANCH] = branch
+        rec[OPF_WA] = wa
+        rec[OPF_WB] = wb
+        rec[OPF_Q] = np.nan
+        # Both rules are f(a) (+ or *) g(b) followed by the same arithmetic, and a, b take only
+        # 256 values: tabulate f and g once (bit-identical to computing them per element, it is
+        # the same float32 expression) instead of two powf per element for multiply.
+        ta = np.empty(256, dtype=np.float32)
+        tb = np.empty(256, dtype=np.float32)
+        if rule == RULE_ADD:
+            for v in range(256):
+                u2 = U8_TO_UNIT[v] * np.float32(2.0) - np.float32(1.0)
+                ta[v] = wa * u2
+                tb[v] = wb * u2
+        else:
+            for v in range(256):
+                u2 = U8_TO_UNIT[v] * np.float32(2.0)
+                ta[v] = u2**wa
+                tb[v] = max(u2, _TINY) ** wb
+        for y in range(top, top + ph):
+            crow = c[y]
+            srow = src[y]
+            for x in range(left, left + pw):
+                for ch in range(3):
+                    fa = ta[crow[x, ch]]
+                    fb = tb[srow[x, ch]]
+                    if rule == RULE_ADD:
+                        mixed = ((fa + fb) + np.float32(1.0)) / np.float32(2.0)
+                    else:
+                        mixed = fa * fb / np.float32(2.0)
+                    v255 = mixed * np.float32(255.0)
+                    crow[x, ch] = truncate_wrap(v255) if wrap else truncate_clip(v255)
+        return
+
+    # Random rules: out is a or b exactly, and float32(v / 255) * 255 truncates back to v for
+    # every uint8 v, so "keep a" is "leave c" and "take b" is "copy src" -- no float maths.
+    q = uniform(state)
+    rec[OPF_BRANCH] = -1.0
+    rec[OPF_WA] = np.nan
+    rec[OPF_WB] = np.nan
+    rec[OPF_Q] = q
+    if rule == RULE_RANDOM_PIXELS:
+        for y in range(top, top + ph):
+            for x in range(left, left + pw):
+                if not uniform(state) < q:
+                    c[y, x, 0] = src[y, x, 0]
+                    c[y, x, 1] = src[y, x, 1]
+                    c[y, x, 2] = src[y, x, 2]
+    else:
+        for y in range(top, top + ph):
+            for x in range(left, left + pw):
+                for ch in range(3):
+                    if not uniform(state) < q:
+                        c[y, x, ch] = src[y, x, ch]

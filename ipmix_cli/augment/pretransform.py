@@ -1,0 +1,232 @@
+"""Pre-transforms applied before IPMix, and the random crop of the mixing picture.
+
+The reference re-draws these every time a sample is loaded; we draw them from the sample's
+stream 0 (seed, source, copy, 0) so each stored copy gets its own pre-transform, exactly as a
+fresh epoch would, and both JSD views share it.
+
+- CIFAR: RandomHorizontalFlip then RandomCrop(size, padding=4) with zero padding: flip coin,
+  then top = randint(0, 2 * pad), left = randint(0, 2 * pad) (torchvision's order).
+- ImageNet: RandomResizedCrop(size) as torchvision draws it (scale U(0.08, 1) of the area,
+  log-uniform aspect ratio in [3/4, 4/3], 10 attempts, then a centre-crop fallback), crop then
+  Pillow BILINEAR resize (what torchvision does on PIL images), then the flip coin. The crop
+  parameters are drawn by a jitted helper; the resize runs in Pillow so it is bit-identical.
+- Mixing picture: a random crop of the output size from the pre-resized picture
+  (top = randint(0, h - H), left = randint(0, w - W)). A picture smaller than the output along
+  an axis is placed at a random offset on that axis, zero elsewhere (pad-if-needed).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+from PIL import Image
+
+from fractals.rng import coin, randint, uniform_range
+
+__all__ = [
+    "PRE_FIELDS",
+    "PRE_FLIP",
+    "PRE_LEFT",
+    "PRE_PICK",
+    "PRE_PLEFT",
+    "PRE_PTOP",
+    "PRE_RRC_ATTEMPTS",
+    "PRE_RRC_H",
+    "PRE_RRC_I",
+    "PRE_RRC_J",
+    "PRE_RRC_W",
+    "PRE_TOP",
+    "RRC_RATIO",
+    "RRC_SCALE",
+    "cifar_flip_crop",
+    "random_crop_picture",
+    "random_flip",
+    "random_resized_crop",
+    "rrc_params",
+]
+
+RRC_SCALE = (0.08, 1.0)
+RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+
+# Per-sample pre-transform trace (float64[PRE_FIELDS]); -1 where not applicable.
+PRE_FLIP = 0  # horizontal flip coin (0/1)
+PRE_TOP = 1  # CIFAR crop: top of the window in the padded image, 0..2*pad
+PRE_LEFT = 2
+PRE_PICK = 3  # index of the mixing picture
+PRE_PTOP = 4  # out[y, x] = picture[y + PTOP, x + PLEFT] (negative: the picture was padded)
+PRE_PLEFT = 5
+PRE_RRC_I = 6  # RandomResizedCrop box (top, left, height, width) in the source image
+PRE_RRC_J = 7
+PRE_RRC_H = 8
+PRE_RRC_W = 9
+PRE_RRC_ATTEMPTS = 10  # index of the accepted attempt, 10 for the centre-crop fallback
+PRE_FIELDS = 11
+
+
+@nb.njit(cache=True)
+def cifar_flip_crop(
+    img: np.ndarray, state: np.ndarray, pad: int, out: np.ndarray, rec: np.ndarray
+) -> None:
+    """Random horizontal flip, then a random crop of the same size from the image padded with
+    ``pad`` zero pixels on every side; writes into ``out`` (same shape as ``img``)."""
+    H = img.shape[0]
+    W = img.shape[1]
+    flip = coin(state)
+    top = randint(state, 0, 2 * pad)
+    left = randint(state, 0, 2 * pad)
+    rec[PRE_FLIP] = 1.0 if flip else 0.0
+    rec[PRE_TOP] = top
+    rec[PRE_LEFT] = left
+    for y in range(H):
+        sy = y + top - pad
+        if sy < 0 or sy >= H:
+            for x in range(W):
+                out[y, x, 0] = 0
+                out[y, x, 1] = 0
+                out[y, x, 2] = 0
+            continue
+        for x in range(W):
+            sx = x + left - pad
+            if sx < 0 or sx >= W:
+                out[y, x, 0] = 0
+                out[y, x, 1] = 0
+                out[y, x, 2] = 0
+            else:
+                if flip:
+                    sx = W - 1 - sx
+                out[y, x, 0] = img[sy, sx, 0]
+                out[y, x, 1] = img[sy, sx, 1]
+                out[y, x, 2] = img[sy, sx, 2]
+
+
+@nb.njit(cache=True)
+def random_flip(img: np.ndarray, state: np.ndarray, out: np.ndarray, rec: np.ndarray) -> None:
+    """Random horizontal flip into ``out`` (the ImageNet pre-transform's second half)."""
+    H = img.shape[0]
+    W = img.shape[1]
+    flip = coin(state)
+    rec[PRE_FLIP] = 1.0 if flip else 0.0
+    if not flip:
+        src = img.reshape(-1)
+        dst = out.reshape(-1)
+        for i in range(dst.shape[0]):
+            dst[i] = src[i]
+        return
+    for y in range(H):
+        srow = img[y]
+        drow = out[y]
+        for x in range(W):
+            sx = W - 1 - x
+            drow[x, 0] = srow[sx, 0]
+            drow[x, 1] = srow[sx, 1]
+            drow[x, 2] = srow[sx, 2]
+
+
+@nb.njit(cache=True)
+def rrc_params(
+    state: np.ndarray,
+    height: int,
+    width: int,
+    scale_lo: float,
+    scale_hi: float,
+    ratio_lo: float,
+    ratio_hi: float,
+) -> tuple[int, int, int, int, int]:
+    """torchvision's ``RandomResizedCrop.get_params``: returns (top, left, h, w, attempt).
+
+    Ten tries of area fraction U(scale) and log-uniform ratio, rounded half-to-even like
+    Python's ``round``; the first box that fits wins (top then left drawn uniformly). If none
+    fits, a centre crop clamped to the ratio range (``attempt`` = 10).
+    """
+    area = height * width
+    log_lo = math.log(ratio_lo)
+    log_hi = math.log(ratio_hi)
+    for attempt in range(10):
+        target_area = area * uniform_range(state, scale_lo, scale_hi)
+        aspect = math.exp(uniform_range(state, log_lo, log_hi))
+        w = int(np.rint(math.sqrt(target_area * aspect)))
+        h = int(np.rint(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            i = randint(state, 0, height - h)
+            j = randint(state, 0, width - w)
+            return i, j, h, w, attempt
+    in_ratio = width / height
+    if in_ratio < ratio_lo:
+        w = width
+        h = int(np.rint(w / ratio_lo))
+    elif in_ratio > ratio_hi:
+        h = height
+        w = int(np.rint(h * ratio_hi))
+    else:
+        w = width
+        h = height
+    return (height - h) // 2, (width - w) // 2, h, w, 10
+
+
+def random_resized_crop(
+    img: np.ndarray,
+    state: np.ndarray,
+    size: tuple[int, int],
+    rec: np.ndarray | None = None,
+    scale: tuple[float, float] = RRC_SCALE,
+    ratio: tuple[float, float] = RRC_RATIO,
+) -> np.ndarray:
+    """RandomResizedCrop of ``img`` (uint8 H x W x 3) to ``size`` = (H', W') drawing from
+    ``state``: crop, then Pillow BILINEAR resize (torchvision's PIL path). No flip here: the
+    kernel draws it next from the same stream.
+
+    The resize stays in Pillow on purpose: a numba port of its fixed-point resampler was only
+    10-40 % faster, and Pillow 13 picks the order of its two passes by a rule of its own (the
+    results differ by one grey level on some pixels), so only Pillow itself is exact.
+    """
+    H, W = img.shape[:2]
+    i, j, h, w, attempt = rrc_params(state, H, W, scale[0], scale[1], ratio[0], ratio[1])
+    if rec is not None:
+        rec[PRE_RRC_I] = i
+        rec[PRE_RRC_J] = j
+        rec[PRE_RRC_H] = h
+        rec[PRE_RRC_W] = w
+        rec[PRE_RRC_ATTEMPTS] = attempt
+    crop = np.ascontiguousarray(img[i : i + h, j : j + w])
+    if (h, w) == tuple(size):
+        return crop
+    pil = Image.fromarray(crop).resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    return np.asarray(pil)
+
+
+@nb.njit(cache=True)
+def random_crop_picture(
+    pic: np.ndarray, ph: int, pw: int, state: np.ndarray, out: np.ndarray, rec: np.ndarray
+) -> None:
+    """Random crop of ``out``'s size from the top-left ``ph x pw`` of ``pic`` (the padded
+    mixing-set slot). Draws top then left; an axis where the picture is too small draws the
+    picture's offset instead and pads with zeros."""
+    H = out.shape[0]
+    W = out.shape[1]
+    top = randint(state, 0, ph - H) if ph >= H else -randint(state, 0, H - ph)
+    left = randint(state, 0, pw - W) if pw >= W else -randint(state, 0, W - pw)
+    rec[PRE_PTOP] = top
+    rec[PRE_PLEFT] = left
+    if top >= 0 and left >= 0:  # the usual case: the window lies inside the picture
+        n_row = W * 3
+        for y in range(H):
+            src = pic[y + top][left : left + W].reshape(-1)
+            dst = out[y].reshape(-1)
+            for i in range(n_row):
+                dst[i] = src[i]
+        return
+    for y in range(H):
+        sy = y + top
+        inside_y = 0 <= sy < ph
+        for x in range(W):
+            sx = x + left
+            if inside_y and 0 <= sx < pw:
+                out[y, x, 0] = pic[sy, sx, 0]
+                out[y, x, 1] = pic[sy, sx, 1]
+                out[y, x, 2] = pic[sy, sx, 2]
+            else:
+                out[y, x, 0] = 0
+                out[y, x, 1] = 0
+                out[y, x, 2] = 0

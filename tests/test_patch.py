@@ -1,0 +1,166 @@
+"""Patch mixing: box placement, the clamp, and bit-level replay of the mixed box in numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fractals.rng import new_state
+from ipmix_cli.augment.mixing import (
+    OVERFLOW_CLIP,
+    OVERFLOW_WRAP,
+    RULE_ADD,
+    RULE_MULTIPLY,
+    RULE_RANDOM_ELEMS,
+    RULE_RANDOM_PIXELS,
+)
+from ipmix_cli.augment.patch import (
+    OP_FIELDS,
+    OPF_BRANCH,
+    OPF_HEIGHT,
+    OPF_LEFT,
+    OPF_Q,
+    OPF_SQUARE,
+    OPF_TOP,
+    OPF_WA,
+    OPF_WB,
+    OPF_WIDTH,
+    patch_mix,
+)
+
+F = np.float32
+
+
+def np_convert(v: np.ndarray, overflow: int) -> np.ndarray:
+    """Reference cast of a float [0, 1] array, written independently in numpy."""
+    scaled = v.astype(np.float32) * F(255)
+    if overflow == OVERFLOW_CLIP:
+        return np.clip(np.nan_to_num(np.trunc(scaled), nan=0.0), 0, 255).astype(np.uint8)
+    ok = np.isfinite(scaled) & (np.abs(scaled) < 2.0**31)
+    out = np.zeros(scaled.shape, np.uint8)
+    out[ok] = (np.trunc(scaled[ok]).astype(np.int64) & 255).astype(np.uint8)
+    return out
+
+
+def np_patch_replay(c: np.ndarray, src: np.ndarray, rule: int, rec: np.ndarray, overflow: int):
+    """Expected output of an add/multiply patch op given its recorded draws."""
+    left, top = int(rec[OPF_LEFT]), int(rec[OPF_TOP])
+    w, h = int(rec[OPF_WIDTH]), int(rec[OPF_HEIGHT])
+    a = c[top : top + h, left : left + w].astype(np.float32) / F(255)
+    b = src[top : top + h, left : left + w].astype(np.float32) / F(255)
+    wa, wb = F(rec[OPF_WA]), F(rec[OPF_WB])
+    if rule == RULE_ADD:
+        mixed = ((wa * (a * F(2) - F(1)) + wb * (b * F(2) - F(1))) + F(1)) / F(2)
+    else:
+        with np.errstate(over="ignore"):
+            mixed = ((a * F(2)) ** wa) * (np.maximum(b * F(2), F(1e-37)) ** wb) / F(2)
+    out = c.copy()
+    out[top : top + h, left : left + w] = np_convert(mixed, overflow)
+    return out
+
+
+def circular_distance(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    d = np.abs(x.astype(np.int64) - y.astype(np.int64))
+    return np.minimum(d, 256 - d)
+
+
+def _images(seed: int, H: int = 32, W: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return (
+        rng.integers(0, 256, (H, W, 3), dtype=np.uint8),
+        rng.integers(0, 256, (H, W, 3), dtype=np.uint8),
+    )
+
+
+@pytest.mark.parametrize("rule", [RULE_ADD, RULE_MULTIPLY])
+@pytest.mark.parametrize("overflow", [OVERFLOW_WRAP, OVERFLOW_CLIP])
+def test_add_multiply_patch_replays_in_numpy(rule: int, overflow: int) -> None:
+    state = new_state(21, rule, overflow)
+    branches = set()
+    wrapped = 0
+    for trial in range(60):
+        c, src = _images(trial)
+        before = c.copy()
+        rec = np.full(OP_FIELDS, np.nan)
+        patch_mix(c, src, 16, rule, state, 3.0, overflow, rec)
+        branches.add(int(rec[OPF_BRANCH]))
+        expected = np_patch_replay(before, src, rule, rec, overflow)
+        # same float32 expression: identical bytes, up to a last-ulp pow difference (+-1 mod 256)
+        assert circular_distance(c, expected).max() <= 1
+        assert (c == expected).mean() > 0.99
+        if overflow == OVERFLOW_WRAP:
+            box = (slice(int(rec[OPF_TOP]), int(rec[OPF_TOP] + rec[OPF_HEIGHT])),
+                   slice(int(rec[OPF_LEFT]), int(rec[OPF_LEFT] + rec[OPF_WIDTH])))  # fmt: skip
+            a = before[box].astype(np.float32) / 255
+            if rule == RULE_ADD:
+                wa, wb = rec[OPF_WA], rec[OPF_WB]
+                raw = ((wa * (2 * a - 1) + wb * (2 * src[box] / 255 - 1)) + 1) / 2
+                wrapped += int(((raw < 0) | (raw >= 256 / 255)).sum())
+    assert branches == {0, 1}
+    if rule == RULE_ADD and overflow == OVERFLOW_WRAP:
+        assert wrapped > 0  # the wrap actually happened somewhere in these trials
+
+
+@pytest.mark.parametrize("rule", [RULE_RANDOM_PIXELS, RULE_RANDOM_ELEMS])
+def test_random_rules_take_each_value_from_c_or_src(rule: int) -> None:
+    state = new_state(22, rule)
+    for trial in range(30):
+        c = np.zeros((32, 32, 3), np.uint8)  # disjoint values: the origin of a value is visible
+        src = np.full((32, 32, 3), 200, np.uint8)
+        rec = np.full(OP_FIELDS, np.nan)
+        patch_mix(c, src, 32, rule, state, 3.0, OVERFLOW_WRAP, rec)
+        left, top = int(rec[OPF_LEFT]), int(rec[OPF_TOP])
+        w, h = int(rec[OPF_WIDTH]), int(rec[OPF_HEIGHT])
+        inside = np.zeros((32, 32), bool)
+        inside[top : top + h, left : left + w] = True
+        assert np.all(c[~inside] == 0)
+        assert np.all((c[inside] == 0) | (c[inside] == 200))
+        took = c[inside] == 200
+        if rule == RULE_RANDOM_PIXELS:
+            assert np.all(took.all(axis=1) | (~took).all(axis=1)), trial
+        q = rec[OPF_Q]
+        assert 0 <= q < 1 and np.isnan(rec[OPF_WA]) and rec[OPF_BRANCH] == -1
+        n = took.size
+        assert abs((~took).mean() - q) < 6 * np.sqrt(q * (1 - q) / n) + 2 / n
+
+
+def test_box_stays_inside_and_outside_is_untouched() -> None:
+    state = new_state(23)
+    for trial in range(200):
+        c, src = _images(100 + trial, 24, 40)
+        before = c.copy()
+        size = [4, 8, 16, 32, 64, 224][trial % 6]
+        rec = np.full(OP_FIELDS, np.nan)
+        patch_mix(c, src, size, trial % 4, state, 4.0, OVERFLOW_WRAP, rec)
+        left, top = int(rec[OPF_LEFT]), int(rec[OPF_TOP])
+        w, h = int(rec[OPF_WIDTH]), int(rec[OPF_HEIGHT])
+        sx, sy = min(size, 40), min(size, 24)  # the documented clamp
+        assert 0 <= left <= 40 - sx and 0 <= top <= 24 - sy
+        if rec[OPF_SQUARE] == 1:
+            assert (w, h) == (sx, sy)
+        else:
+            assert 2 <= w <= sx and 2 <= h <= sy
+        outside = np.ones((24, 40), bool)
+        outside[top : top + h, left : left + w] = False
+        assert np.array_equal(c[outside], before[outside])
+
+
+def test_patch_equal_to_image_is_whole_image() -> None:
+    c, src = _images(5)
+    rec = np.full(OP_FIELDS, np.nan)
+    state = new_state(24)
+    while True:  # draw until the square branch comes up
+        cc = c.copy()
+        patch_mix(cc, src, 32, RULE_RANDOM_ELEMS, state, 3.0, OVERFLOW_WRAP, rec)
+        if rec[OPF_SQUARE] == 1:
+            break
+    assert (rec[OPF_LEFT], rec[OPF_TOP], rec[OPF_WIDTH], rec[OPF_HEIGHT]) == (0, 0, 32, 32)
+
+
+def test_same_state_same_result() -> None:
+    c, src = _images(6)
+    c1, c2 = c.copy(), c.copy()
+    r = np.full(OP_FIELDS, np.nan)
+    patch_mix(c1, src, 16, RULE_ADD, new_state(9, 9), 3.0, OVERFLOW_WRAP, r)
+    patch_mix(c2, src, 16, RULE_ADD, new_state(9, 9), 3.0, OVERFLOW_WRAP, r)
+    assert np.array_equal(c1, c2) and not np.array_equal(c1, c)
