@@ -172,7 +172,7 @@ def parse_size(
 @click.option(
     "--jobs", default=-1, show_default=True, type=int, callback=check_jobs, help="-1: all cores."
 )
-@click.option("--shard-size", type=click.IntRange(min=1), help="Rows per shard (default: ~64 MiB).")
+@click.option("--shard-size", type=click.IntRange(min=1), help="Rows per shard (default: ~16 MiB).")
 @click.option(
     "--compression", default="none", show_default=True, type=click.Choice(["none", "lzf", "gzip"])
 )
