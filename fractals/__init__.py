@@ -1,0 +1,13 @@
+"""Fractal mixing pictures: IFS sampled with the SVD parameterisation, rendered by a fused
+numba chaos game, coloured in HSV over a plasma (or black) background.
+
+Public API (what the CLI builds on)::
+
+    from fractals import FractalOptions, make_image, make_images, render_record, warmup
+
+See ``docs/fractals.md`` for how an image is made and the record format.
+"""
+
+from fractals.image import FractalOptions, make_image, make_images, render_record, warmup
+
+__all__ = ["FractalOptions", "make_image", "make_images", "render_record", "warmup"]
