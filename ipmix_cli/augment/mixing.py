@@ -15,11 +15,6 @@ part of the distribution the paper evaluated; ``OVERFLOW_CLIP`` clips instead.
 
 from __future__ import annotations
 
-import hashlib
-import os
-import sys
-from pathlib import Path
-
 import numba as nb
 import numpy as np
 
@@ -46,50 +41,6 @@ __all__ = [
     "truncate_wrap",
     "unit_to_uint8",
 ]
-
-# Modules whose kernels call kernels of other files (so their caches can go stale).
-_CALLER_MODULES = frozenset({"image_ops", "mixing", "patch", "pretransform", "recipe", "engine"})
-
-
-def _drop_stale_numba_caches() -> None:
-    """Delete this package's numba cache files when any kernel source changed.
-
-    numba keys a cached function on its own file's timestamp only; a caller compiled against an
-    older version of a callee in another file (the recipe kernel inlines the image ops, the
-    patch kernel inlines these rules) would keep running the old code. So we hash every source
-    file the kernels are built from and, when the hash moves, drop the ``.nbi``/``.nbc`` files
-    of the caller modules in this package's ``__pycache__`` (rebuilt on first use). Best
-    effort: a read-only install or a ``NUMBA_CACHE_DIR`` elsewhere is left alone.
-    """
-    if os.environ.get("NUMBA_CACHE_DIR") or os.environ.get("NUMBA_DISABLE_JIT"):
-        return
-    here = Path(__file__).resolve().parent
-    try:
-        import fractals.rng as rng_module
-
-        sources = sorted(here.glob("*.py")) + [Path(rng_module.__file__).resolve()]
-        digest = hashlib.sha256()
-        for path in sources:
-            digest.update(path.name.encode())
-            digest.update(path.read_bytes())
-        cache_dir = here / "__pycache__"
-        tag = f"{sys.implementation.cache_tag}-numba{nb.__version__}"
-        stamp = cache_dir / f"kernel-sources.{tag}.sha256"
-        if stamp.exists() and stamp.read_text() == digest.hexdigest():
-            return
-        if cache_dir.is_dir():
-            for cached in list(cache_dir.glob("*.nbi")) + list(cache_dir.glob("*.nbc")):
-                if cached.name.split(".", 1)[0] in _CALLER_MODULES:
-                    cached.unlink(missing_ok=True)
-        cache_dir.mkdir(exist_ok=True)
-        tmp = stamp.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(digest.hexdigest())
-        tmp.replace(stamp)
-    except OSError:
-        return
-
-
-_drop_stale_numba_caches()
 
 RULE_ADD = 0
 RULE_MULTIPLY = 1
