@@ -223,11 +223,11 @@ def test_random_crop_picture_window_and_padding() -> None:
     assert np.all(np.delete(out, np.s_[-top : -top + 20], axis=0) == 0)
 
 
-def test_from_folder(tmp_path) -> None:
+def test_from_path(tmp_path) -> None:
     rng = np.random.default_rng(14)
     for name in ("b.png", "a.png"):
         Image.fromarray(rng.integers(0, 256, (50, 60, 3), dtype=np.uint8)).save(tmp_path / name)
-    ms = MixingSet.from_folder(tmp_path, (32, 32))
+    ms = MixingSet.from_path(tmp_path, (32, 32))
     assert len(ms) == 2 and ms.shapes.tolist() == [[36, 43], [36, 43]]
     first = np.asarray(Image.open(tmp_path / "a.png").resize((43, 36), Image.Resampling.BILINEAR))
     assert np.array_equal(ms.picture(0), first)  # sorted by path

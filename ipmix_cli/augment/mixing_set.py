@@ -25,9 +25,7 @@ from PIL import Image
 
 from ipmix_cli.augment.config import IPMixConfig
 
-__all__ = ["IMAGE_SUFFIXES", "MixingSet", "resized_shape"]
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
+__all__ = ["MixingSet", "resized_shape"]
 
 
 def resized_shape(h: int, w: int, short_side: int, size: tuple[int, int]) -> tuple[int, int]:
@@ -48,7 +46,7 @@ def resized_shape(h: int, w: int, short_side: int, size: tuple[int, int]) -> tup
 class MixingSet:
     """Prepared mixing pictures: ``pictures[i, :shapes[i, 0], :shapes[i, 1]]`` is picture i.
 
-    Build it with :meth:`from_pictures` / :meth:`from_folder`; it is tied to the output
+    Build it with :meth:`from_pictures` / :meth:`from_path`; it is tied to the output
     ``size`` it was prepared for (the kernel crops that size out of each picture).
     """
 
@@ -96,25 +94,18 @@ class MixingSet:
         return cls._stack(prepared, size, short_side)
 
     @classmethod
-    def from_folder(
+    def from_path(
         cls,
-        folder: str | Path,
+        path: str | Path,
         size: tuple[int, int] | IPMixConfig,
         short_side: int | None = None,
-        limit: int | None = None,
     ) -> MixingSet:
-        """Load every image file under ``folder`` (recursively, sorted by path so the picture
-        indices are stable across machines) and prepare it like :meth:`from_pictures`."""
-        paths = sorted(
-            p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-        )
-        if limit is not None:
-            paths = paths[:limit]
-        if not paths:
-            raise ValueError(f"{folder}: no image files found for the mixing set")
-        return cls.from_pictures(
-            (np.asarray(Image.open(p).convert("RGB")) for p in paths), size, short_side
-        )
+        """Load a mixing set the way ``ipmix augment --mixing-set`` does (a folder of pictures,
+        searched recursively and sorted by path so indices are stable across machines, or an
+        HDF5 bank) and prepare it like :meth:`from_pictures`."""
+        from ipmix_cli.sources import open_mixing_set  # the I/O layer, only when asked for
+
+        return cls.from_pictures(open_mixing_set(path), size, short_side)
 
     @classmethod
     def _stack(
