@@ -9,7 +9,6 @@ interrupted run resumes where it stopped and the result never depends on the num
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import time
@@ -26,6 +25,7 @@ from ipmix_cli import __version__
 from ipmix_cli.atomic import atomic_path, remove_stale_temporaries, write_bytes_atomic
 from ipmix_cli.errors import IpmixError
 from ipmix_cli.parallel import run_unordered
+from ipmix_cli.png import encode_rgb_png
 
 CHUNK_SIZE = 64
 """Images per work unit. Fixed (not derived from --jobs) so a resumed run can reuse chunks made
@@ -107,13 +107,6 @@ def _chunk_array_path(out: Path, chunk: int) -> Path:
     return out / PARTIAL_DIR / f"chunk-{chunk:06d}.npy"
 
 
-def encode_png(image: np.ndarray, compress_level: int) -> bytes:
-    """PNG bytes; deterministic for a given Pillow/zlib, so banks compare byte for byte."""
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG", compress_level=compress_level)
-    return buffer.getvalue()
-
-
 def _render_chunk(chunk: _Chunk) -> tuple[int, int]:
     """Worker side: render, write the images, then the record file that marks the chunk done."""
     spec = chunk.spec
@@ -123,7 +116,7 @@ def _render_chunk(chunk: _Chunk) -> tuple[int, int]:
         for index, image, record in zip(indices, images, records, strict=True):
             name = image_name(index, spec.count)
             write_bytes_atomic(
-                spec.out / IMAGE_DIR / name, encode_png(image, spec.png_compress_level)
+                spec.out / IMAGE_DIR / name, encode_rgb_png(image, spec.png_compress_level)
             )
             record["file"] = f"{IMAGE_DIR}/{name}"
     else:
