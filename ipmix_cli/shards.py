@@ -328,9 +328,12 @@ def write_shard(
             arr = data[name]
             if name in IMAGE_DATASETS:
                 chunks = _image_chunks(arr.shape, chunk_bytes)
-                f.create_dataset(name, data=arr, chunks=chunks, **filters)
+                dataset = f.create_dataset(name, data=arr, chunks=chunks, **filters)
             else:
-                f.create_dataset(name, data=arr)
+                dataset = f.create_dataset(name, data=arr)
+            # Where HDF5 places a chunk must not depend on when the Python object is freed
+            # (a profiler thread holding it moved the chunk to file close): flush it now.
+            dataset.flush()
         f.attrs["kind"] = SHARD_KIND
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["shard_index"] = int(index)

@@ -287,3 +287,23 @@ def test_our_output_reads_back_as_a_source(built) -> None:
     np.testing.assert_array_equal(src.read_batch([11, 0, 6]), joined["images"][[11, 0, 6]])
     with pytest.raises(SourceError):
         open_source(entry.parent / "train.shards" / "nope.h5")
+
+
+def test_shard_bytes_do_not_depend_on_dataset_lifetime(tmp_path: Path, monkeypatch) -> None:
+    """Holding the h5py Dataset object past the write (as a dask worker's profiler thread can)
+    must not change the file's layout: the bytes are the public promise."""
+    normal = tmp_path / "a" / "shard-00000.h5"
+    write_shard(normal, _arrays(0, 40))
+    held = []
+    original = h5py.Group.create_dataset
+
+    def create_and_hold(self, *args, **kwargs):
+        dataset = original(self, *args, **kwargs)
+        held.append(dataset)
+        return dataset
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", create_and_hold)
+    kept = tmp_path / "b" / "shard-00000.h5"
+    write_shard(kept, _arrays(0, 40))
+    assert held, "the hook must have seen the datasets"
+    assert kept.read_bytes() == normal.read_bytes()
