@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import shutil
 import time
 from collections.abc import Callable
@@ -41,6 +42,7 @@ from ipmix_cli.sources import Source, open_mixing_set, open_source
 
 JOB_FILE = "job.json"
 MIXING_FILE = "mixing-set.npz"
+SOURCE_FILE = "source.pkl"
 WORK_DIR = ".work"
 SHARD_TARGET_BYTES = 16 * 1024 * 1024
 
@@ -105,32 +107,46 @@ class AugmentSummary:
 
 @dataclass(frozen=True)
 class _ShardTask:
-    """One shard's work, cheap to pickle: the source object reopens its files lazily."""
+    """One shard's work, a few hundred bytes to pickle: the source and the mixing set travel as
+    files in the job's work folder (a source's file list and labels grow with the data set, ~50
+    MB for ImageNet, too much to ship with each of its ~10^4 shard tasks)."""
 
     index: int
     start: int
     stop: int
     n_sources: int
-    source: Source
+    source_file: Path
     mixing_file: Path
     spec: AugmentSpec
     job_hash: str
 
 
 @lru_cache(maxsize=2)
-def _load_mixing(path: Path, config_json: str) -> MixingSet:
-    """Each worker process loads the prepared mixing set once, not once per shard."""
+def _load_mixing(path: Path, config_json: str, job_hash: str) -> MixingSet:
+    """Each worker process loads the prepared mixing set once, not once per shard. The job hash
+    is part of the key because dask workers outlive jobs: a later job writing the same path
+    with another mixing set must not get this one."""
     config = IPMixConfig.from_dict(json.loads(config_json))
     with np.load(path) as data:
         return MixingSet(data["pictures"], data["shapes"], config.size, config.mixing_side)
 
 
-def _augment_rows(task: _ShardTask, mixing: MixingSet) -> dict[str, np.ndarray]:
+@lru_cache(maxsize=1)
+def _load_source(path: Path, job_hash: str) -> Source:
+    """Each worker process unpickles the source once (it reopens its files lazily); keyed by
+    job hash like :func:`_load_mixing`. The file is the job's own, written by the parent. One
+    entry only: a source caches what it reads (a whole .npz, say), and a long-lived worker
+    should not keep the previous job's copy."""
+    with open(path, "rb") as handle:
+        return pickle.load(handle)
+
+
+def _augment_rows(task: _ShardTask, source: Source, mixing: MixingSet) -> dict[str, np.ndarray]:
     spec, config = task.spec, task.spec.config
     rows = np.arange(task.start, task.stop, dtype=np.int64)
     copies, sources = np.divmod(rows, task.n_sources)
-    labels = np.asarray(task.source.labels, dtype=np.int64)[sources]
-    images = task.source.read_batch(sources.tolist())
+    labels = np.asarray(source.labels, dtype=np.int64)[sources]
+    images = source.read_batch(sources.tolist())
     if config.pre == "imagenet":
         out = augment_images(list(images), sources, copies, mixing, config, spec.seed)
     else:
@@ -153,8 +169,10 @@ def _augment_rows(task: _ShardTask, mixing: MixingSet) -> dict[str, np.ndarray]:
 
 def _compute_shard(task: _ShardTask) -> ShardInfo:
     """Worker side: augment one shard's rows and write the shard atomically."""
-    mixing = _load_mixing(task.mixing_file, json.dumps(task.spec.config.to_dict(), sort_keys=True))
-    arrays = _augment_rows(task, mixing)
+    config_json = json.dumps(task.spec.config.to_dict(), sort_keys=True)
+    mixing = _load_mixing(task.mixing_file, config_json, task.job_hash)
+    source = _load_source(task.source_file, task.job_hash)
+    arrays = _augment_rows(task, source, mixing)
     path = shard_dir(task.spec.out) / shard_filename(task.index)
     return write_shard(
         path,
@@ -272,6 +290,8 @@ def run_augment(
     mixing_file = folder / WORK_DIR / MIXING_FILE
     with atomic_path(mixing_file) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, pictures=mixing.pictures, shapes=mixing.shapes)
+    source_file = folder / WORK_DIR / SOURCE_FILE
+    write_bytes_atomic(source_file, pickle.dumps(source, protocol=pickle.HIGHEST_PROTOCOL))
 
     n_sources = len(source)
     ranges = plan_shards(n_sources * spec.copies, spec.rows_per_shard())
@@ -284,7 +304,7 @@ def run_augment(
             infos[index] = read_shard_info(path)
         else:
             tasks.append(
-                _ShardTask(index, start, stop, n_sources, source, mixing_file, spec, job_hash)
+                _ShardTask(index, start, stop, n_sources, source_file, mixing_file, spec, job_hash)
             )
     for stale in folder.glob("shard-*.h5"):
         if stale.name not in {shard_filename(i) for i in range(len(ranges))}:
@@ -296,6 +316,9 @@ def run_augment(
         infos[info.index] = info
         if on_progress:
             on_progress(info.count)
+    # A worker killed mid-write (its task then reran elsewhere) leaves its temporary file; every
+    # task has finished now, so nothing is writing here any more.
+    remove_stale_temporaries(folder)
 
     manifest = {
         "config": spec.config.to_dict(),

@@ -270,6 +270,10 @@ def generate_bank(
     for _, finished in run_unordered(_render_chunk, todo, jobs=jobs, backend=backend):
         if on_progress:
             on_progress(finished)
+    # A worker killed mid-write (its chunk then reran elsewhere) leaves temporary files; every
+    # chunk has finished now, so nothing is writing here any more.
+    for folder in (spec.out, spec.out / IMAGE_DIR):
+        remove_stale_temporaries(folder)
     manifest = _manifest(spec, _collect_records(spec))
     if spec.image_format == "h5":
         _write_h5(spec, manifest)

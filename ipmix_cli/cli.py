@@ -38,6 +38,22 @@ def check_jobs(_ctx: click.Context, _param: click.Parameter, value: int) -> int:
     return value
 
 
+def backend_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--backend`` and ``--scheduler``, for the commands that fan work out to workers."""
+    command = click.option(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="Join this dask scheduler, e.g. tcp://host:8786 (implies --backend dask; --jobs is "
+        "then ignored, every worker of the cluster is used).",
+    )(command)
+    return click.option(
+        "--backend",
+        type=click.Choice(["loky", "dask"]),
+        help="loky: local processes (default). dask: a dask cluster, --scheduler's or a local "
+        "one of --jobs worker processes.",
+    )(command)
+
+
 @click.group()
 @click.version_option(package_name="ipmix")
 def main() -> None:
@@ -58,6 +74,7 @@ def fractals() -> None:
 @click.option(
     "--jobs", default=-1, show_default=True, type=int, callback=check_jobs, help="-1: all cores."
 )
+@backend_options
 @click.option(
     "--background", default="plasma", show_default=True, type=click.Choice(["plasma", "black"])
 )
@@ -172,6 +189,7 @@ def parse_size(
 @click.option(
     "--jobs", default=-1, show_default=True, type=int, callback=check_jobs, help="-1: all cores."
 )
+@backend_options
 @click.option("--shard-size", type=click.IntRange(min=1), help="Rows per shard (default: ~16 MiB).")
 @click.option(
     "--compression", default="none", show_default=True, type=click.Choice(["none", "lzf", "gzip"])

@@ -20,6 +20,7 @@ from ipmix_cli.atomic import atomic_path
 from ipmix_cli.augment.config import IPMixConfig
 from ipmix_cli.augment_job import AugmentError, AugmentSpec, open_inputs, plan_shards, run_augment
 from ipmix_cli.bank import BankError, BankSpec, generate_bank, load_manifest, read_bank_images
+from ipmix_cli.parallel import backend_session, resolve_backend
 from ipmix_cli.preview import contact_sheet
 from ipmix_cli.progress import progress_bar
 from ipmix_cli.shards import inspect, open_output, verify
@@ -58,10 +59,13 @@ def generate_fractals(
     overwrite: bool,
     resume: bool,
     quiet: bool,
+    backend: str | None = None,
+    scheduler: str | None = None,
 ) -> None:
     """``ipmix fractals generate``: render the bank, then an optional contact sheet."""
     if overwrite and resume:
         raise BankError(f"{out}: choose one of --overwrite and --resume")
+    backend = resolve_backend(backend, scheduler)
     _check_preview_target(preview, overwrite)
     option_values = {
         "size": size,
@@ -83,9 +87,17 @@ def generate_fractals(
         image_format=image_format,
         png_compress_level=png_compression,
     )
-    with progress_bar(count, "fractals", enabled=not quiet) as bar:
+    with (
+        backend_session(backend, scheduler),
+        progress_bar(count, "fractals", enabled=not quiet) as bar,
+    ):
         summary = generate_bank(
-            spec, jobs=jobs, overwrite=overwrite, resume=resume, on_progress=bar.update
+            spec,
+            jobs=jobs,
+            overwrite=overwrite,
+            resume=resume,
+            on_progress=bar.update,
+            backend=backend,
         )
     if preview is not None:
         images = read_bank_images(out, limit=PREVIEW_IMAGES)
@@ -153,8 +165,11 @@ def augment_dataset(
     overwrite: bool,
     dry_run: bool,
     quiet: bool,
+    backend: str | None = None,
+    scheduler: str | None = None,
 ) -> None:
     """``ipmix augment``: the main job, with a progress bar and a one-line summary."""
+    backend = resolve_backend(backend, scheduler)
     config = _config_from_options(
         preset,
         size,
@@ -199,7 +214,7 @@ def augment_dataset(
         bar.reset(total=total)
         bar.update(done)
 
-    with bar:
+    with bar, backend_session(backend, scheduler):
         summary = run_augment(
             spec,
             jobs=jobs,
@@ -207,6 +222,7 @@ def augment_dataset(
             resume=resume,
             on_start=start,
             on_progress=bar.update,
+            backend=backend,
         )
     for path, reason in summary.skipped:
         click.echo(f"skipped {path}: {reason}", err=True)

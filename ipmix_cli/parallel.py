@@ -7,14 +7,47 @@ what keeps output bytes independent of the number of workers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
 import joblib
 
+from ipmix_cli.errors import IpmixError
+
 T = TypeVar("T")
 R = TypeVar("R")
+
+BACKENDS = ("loky", "dask")
+
+
+class BackendError(IpmixError):
+    """The parallel backend options do not fit together."""
+
+
+def resolve_backend(backend: str | None, scheduler: str | None) -> str:
+    """``--backend`` defaults to dask when ``--scheduler`` is given, else to loky; a scheduler
+    with loky is refused rather than silently ignored."""
+    if backend is None:
+        return "dask" if scheduler else "loky"
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r} (choose {' or '.join(BACKENDS)})")
+    if scheduler and backend != "dask":
+        raise BackendError(f"--scheduler {scheduler} needs --backend dask (got {backend})")
+    return backend
+
+
+def backend_session(
+    backend: str, scheduler: str | None
+) -> contextlib.AbstractContextManager[object]:
+    """What a command wraps its job in: a connection to ``scheduler`` for the dask backend (the
+    tasks then run there), else nothing (loky, or dask on a local cluster made per job)."""
+    if backend == "dask" and scheduler:
+        from ipmix_cli.distributed import connect
+
+        return connect(scheduler)
+    return contextlib.nullcontext()
 
 
 def available_cores() -> int:
@@ -40,9 +73,20 @@ def run_unordered(
 
     With one job the tasks run in this process: no start-up cost, and the tests compare this
     path against real worker processes to prove the output does not depend on where it ran.
+
+    ``backend="dask"`` runs every task on dask workers (never in this process, even with one
+    job): those of the open default ``distributed.Client`` (:func:`backend_session`), else of a
+    local cluster of ``jobs`` worker processes started for this call.
     """
     n_jobs = resolve_jobs(jobs)
     task_list = list(tasks)
+    if backend == "dask":
+        from ipmix_cli.distributed import run_unordered_dask
+
+        yield from run_unordered_dask(
+            function, task_list, n_workers=max(1, min(n_jobs, len(task_list)))
+        )
+        return
     if n_jobs == 1 or len(task_list) <= 1:
         for task in task_list:
             yield function(task)
