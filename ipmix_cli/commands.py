@@ -333,6 +333,10 @@ def run_demo(out: Path, jobs: int, overwrite: bool) -> None:
         raise AugmentError(f"{out}: folder is not empty; pass --overwrite to replace the demo")
     out.mkdir(parents=True, exist_ok=True)
     bank, dataset, entry = out / "bank", out / "dataset", out / "augmented.h5"
+    click.echo(
+        "(the very first run compiles the numba kernels, about a minute on 2 cores; they are "
+        "cached for every later run)"
+    )
     click.echo(f"[1/4] rendering a 64-image fractal bank into {bank}")
     spec = BankSpec(
         out=bank, count=64, seed=0, options=dataclasses.replace(FractalOptions(), size=128)
