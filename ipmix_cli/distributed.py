@@ -125,14 +125,36 @@ def local_cluster(n_workers: int) -> Iterator[Client]:
                 # The scheduler's small HTTP server (health, metrics) would take port 8787, or
                 # warn when that is taken; any free loopback port will do.
                 scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
-                # Task errors reach the caller as exceptions; what workers log besides, such
-                # as heartbeat races while the cluster shuts down, is noise on a CLI's stderr.
-                silence_logs=logging.CRITICAL,
+                # Task errors reach the caller as exceptions; what the scheduler and workers log
+                # besides, such as comm races while a Ctrl-C'd cluster shuts down (logged at
+                # CRITICAL, with a traceback), is noise on a CLI's stderr: silence all of it.
+                silence_logs=logging.CRITICAL + 1,
             )
     except (OSError, RuntimeError) as error:  # e.g. a worker process that cannot start
         raise DaskError(f"cannot start a local dask cluster ({one_line(error)})") from None
-    with cluster, distributed.Client(cluster, set_as_default=False) as client:
+    with _quiet_dask_logs(), cluster, distributed.Client(cluster, set_as_default=False) as client:
         yield client
+
+
+@contextlib.contextmanager
+def _quiet_dask_logs() -> Iterator[None]:
+    """Silence dask's console handlers until the local cluster is fully closed.
+
+    ``silence_logs`` only lasts until the cluster's own close, but a Ctrl-C'd scheduler still
+    logs comm races (at CRITICAL, with a traceback) while it shuts down; they say nothing the
+    user can act on, so they stay quiet until this block ends, after the cluster is gone.
+    """
+    handlers = [
+        h for h in logging.getLogger("distributed").handlers if isinstance(h, logging.StreamHandler)
+    ]
+    levels = [h.level for h in handlers]
+    for handler in handlers:
+        handler.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        for handler, level in zip(handlers, levels, strict=True):
+            handler.setLevel(level)
 
 
 def _default_client(distributed: Any) -> Client | None:
