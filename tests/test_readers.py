@@ -14,70 +14,27 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from reader_outputs import COPIES, N_SOURCES, SHARD_SIZE, build_output, plain_arrays
 
-from fractals import FractalOptions
-from ipmix_cli.augment.config import IPMixConfig
-from ipmix_cli.augment_job import AugmentSpec, run_augment
-from ipmix_cli.bank import BankSpec, generate_bank
 from ipmix_cli.errors import ShardError
 from ipmix_cli.readers import ShardReader, batch_slices, epoch_rows, prefetch
 from ipmix_cli.shards import shard_path, write_entry, write_shard
-
-N_SOURCES = 20
-COPIES = 3
-SHARD_SIZE = 7  # 60 rows -> 9 shards, the last one short: batches cross shard boundaries
-
-
-def _build(
-    root: Path, name: str, *, jsd: bool = False, compression: str = "none", copies: int = COPIES
-) -> Path:
-    """A real output made by the augment job (copy-major rows, manifest copies/num_sources)."""
-    bank = root / "bank"
-    if not bank.exists():
-        generate_bank(
-            BankSpec(out=bank, count=4, seed=5, options=FractalOptions(size=48, points=2000)),
-            jobs=1,
-        )
-    data = root / "data.npz"
-    if not data.exists():
-        rng = np.random.default_rng(0)
-        images = rng.integers(0, 256, (N_SOURCES, 32, 32, 3), dtype=np.uint8)
-        np.savez(data, images=images, labels=np.arange(N_SOURCES) % 3)
-    out = root / f"{name}.h5"
-    spec = AugmentSpec(
-        input=data,
-        mixing_set=bank,
-        out=out,
-        config=IPMixConfig.preset("cifar", jsd=jsd),
-        copies=copies,
-        seed=11,
-        shard_size=SHARD_SIZE,
-        compression=compression,
-    )
-    run_augment(spec, jobs=1)
-    return out
-
-
-def _plain(entry: Path) -> dict[str, np.ndarray]:
-    """Every dataset of an output read with plain h5py through the entry file."""
-    with h5py.File(entry, "r") as f:
-        return {name: f[name][()] for name in f}
 
 
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("readers")
     return {
-        "standard": _build(root, "standard"),
-        "jsd": _build(root, "jsd", jsd=True),
-        "lzf": _build(root, "lzf", compression="lzf"),
-        "gzip": _build(root, "gzip", jsd=True, compression="gzip"),
+        "standard": build_output(root, "standard"),
+        "jsd": build_output(root, "jsd", jsd=True),
+        "lzf": build_output(root, "lzf", compression="lzf"),
+        "gzip": build_output(root, "gzip", jsd=True, compression="gzip"),
     }
 
 
 @pytest.fixture()
 def damaged(tmp_path: Path) -> Path:
-    return _build(tmp_path, "damaged")
+    return build_output(tmp_path, "damaged")
 
 
 # -- same bytes as h5py ----------------------------------------------------------------------
@@ -88,7 +45,7 @@ def damaged(tmp_path: Path) -> Path:
 def test_random_batches_match_plain_h5py(outputs, kind: str, direct: bool) -> None:
     entry = outputs[kind]
     reader = ShardReader(entry, extras=("source_index", "copy_index", "row"), direct=direct)
-    ref = _plain(entry)
+    ref = plain_arrays(entry)
     assert len(reader) == N_SOURCES * COPIES == len(ref["labels"])
     rng = np.random.default_rng(1)
     cases = [rng.integers(0, len(reader), int(rng.integers(1, 45))) for _ in range(25)]
@@ -112,7 +69,7 @@ def test_direct_reads_are_used_for_uncompressed_shards(outputs) -> None:
 
 def test_one_open_file_at_a_time(outputs) -> None:
     reader = ShardReader(outputs["jsd"], max_open_files=1, extras=("row",))
-    ref = _plain(outputs["jsd"])
+    ref = plain_arrays(outputs["jsd"])
     rng = np.random.default_rng(3)
     for rows in [np.arange(len(reader)), *(rng.integers(0, len(reader), 30) for _ in range(5))]:
         got = reader.read(rows)
@@ -123,7 +80,7 @@ def test_one_open_file_at_a_time(outputs) -> None:
 
 def test_single_rows_slices_and_negative_indices(outputs) -> None:
     reader = ShardReader(outputs["standard"])
-    ref = _plain(outputs["standard"])
+    ref = plain_arrays(outputs["standard"])
     image, label = reader[13]
     assert image.shape == (32, 32, 3) and label.shape == ()
     np.testing.assert_array_equal(image, ref["images"][13])
@@ -219,7 +176,7 @@ def test_batches_follow_the_plan(outputs) -> None:
 
 def test_jsd_triplets(outputs) -> None:
     reader = ShardReader(outputs["jsd"])
-    ref = _plain(outputs["jsd"])
+    ref = plain_arrays(outputs["jsd"])
     assert reader.views == ("clean", "images", "images2")
     (clean, aug1, aug2), labels = reader.read_batch([3, 50, 21])
     for got, name in ((clean, "clean"), (aug1, "images"), (aug2, "images2")):
@@ -238,7 +195,7 @@ def test_jsd_triplets(outputs) -> None:
 
 
 def test_float_normalise_and_channels_first(outputs) -> None:
-    raw = _plain(outputs["standard"])["images"][:9]
+    raw = plain_arrays(outputs["standard"])["images"][:9]
     mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
     expect = (raw.astype(np.float64) / 255 - mean) / std
     for channels_first in (False, True):
@@ -296,14 +253,14 @@ def test_forked_child_never_uses_inherited_handles(outputs) -> None:
     child.join(timeout=60)
     assert child.exitcode == 0
     assert inherited == 3 and opened == 2  # the child opened its own two shards
-    np.testing.assert_array_equal(images, _plain(outputs["standard"])["images"][[40, 1]])
+    np.testing.assert_array_equal(images, plain_arrays(outputs["standard"])["images"][[40, 1]])
     assert reader._open == parent_handles  # the parent's handles are untouched
     np.testing.assert_array_equal(reader.read([1])["images"][0], images[1])
 
 
 def test_threads_share_a_reader_with_few_open_files(outputs) -> None:
     reader = ShardReader(outputs["jsd"], max_open_files=2, extras=("row",))
-    ref = _plain(outputs["jsd"])
+    ref = plain_arrays(outputs["jsd"])
     errors: list[BaseException] = []
 
     def work(seed: int) -> None:

@@ -7,51 +7,25 @@ from __future__ import annotations
 import pickle
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
+from reader_outputs import COPIES, N_SOURCES, build_output, plain_arrays
 
-from fractals import FractalOptions
-from ipmix_cli.augment.config import IPMixConfig
-from ipmix_cli.augment_job import AugmentSpec, run_augment
-from ipmix_cli.bank import BankSpec, generate_bank
 from ipmix_cli.readers import ShardReader
 from ipmix_cli.readers.jax import GrainSource, batches, grain_dataset
-
-N_SOURCES = 20
-COPIES = 3
-
-
-def _build(root: Path, name: str, jsd: bool) -> Path:
-    bank = root / "bank"
-    if not bank.exists():
-        generate_bank(
-            BankSpec(out=bank, count=4, seed=5, options=FractalOptions(size=48, points=2000)),
-            jobs=1,
-        )
-        rng = np.random.default_rng(0)
-        images = rng.integers(0, 256, (N_SOURCES, 32, 32, 3), dtype=np.uint8)
-        np.savez(root / "data.npz", images=images, labels=np.arange(N_SOURCES) % 3)
-    out = root / f"{name}.h5"
-    config = IPMixConfig.preset("cifar", jsd=jsd)
-    spec = AugmentSpec(root / "data.npz", bank, out, config, copies=COPIES, seed=3, shard_size=7)
-    run_augment(spec, jobs=1)
-    return out
 
 
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("jax-readers")
-    return {"standard": _build(root, "standard", False), "jsd": _build(root, "jsd", True)}
-
-
-def _plain(entry: Path) -> dict[str, np.ndarray]:
-    with h5py.File(entry, "r") as f:
-        return {name: f[name][()] for name in f}
+    return {
+        "standard": build_output(root, "standard", seed=3),
+        "jsd": build_output(root, "jsd", jsd=True, seed=3),
+    }
 
 
 def test_numpy_batches_follow_the_plan(outputs) -> None:
-    ref = _plain(outputs["standard"])
+    ref = plain_arrays(outputs["standard"])
     got = list(batches(outputs["standard"], 6, 4, seed=2, rank=0, world_size=1, extras=("row",)))
     assert [len(b[1]) for b in got] == [6, 6, 6]  # drop_last by default: one shape for jit
     rows = np.concatenate([b[2] for b in got])
@@ -91,7 +65,7 @@ def test_hosts_get_equal_disjoint_shares(outputs) -> None:
 
 def test_device_put_and_sharding(outputs) -> None:
     jax = pytest.importorskip("jax")
-    ref = _plain(outputs["jsd"])
+    ref = plain_arrays(outputs["jsd"])
     got = list(batches(outputs["jsd"], 5, 0, shuffle=False, device_put=True))
     (clean, aug1, aug2), labels = got[0]
     assert isinstance(aug1, jax.Array) and aug1.shape == (5, 32, 32, 3)
@@ -102,12 +76,14 @@ def test_device_put_and_sharding(outputs) -> None:
         iter(batches(outputs["standard"], 4, 0, shuffle=False, device_put=sharding))
     )
     assert isinstance(images, jax.Array) and images.sharding == sharding
-    np.testing.assert_array_equal(np.asarray(labels), _plain(outputs["standard"])["labels"][:4])
+    np.testing.assert_array_equal(
+        np.asarray(labels), plain_arrays(outputs["standard"])["labels"][:4]
+    )
 
 
 def test_grain_source_and_dataset(outputs) -> None:
     grain = pytest.importorskip("grain")
-    ref = _plain(outputs["jsd"])
+    ref = plain_arrays(outputs["jsd"])
     source = GrainSource(outputs["jsd"], extras=("row",))
     assert len(source) == N_SOURCES * COPIES
     record = source[17]

@@ -9,14 +9,10 @@ import os
 import re
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
+from reader_outputs import COPIES, DOCS, N_SOURCES, build_output, plain_arrays
 
-from fractals import FractalOptions
-from ipmix_cli.augment.config import IPMixConfig
-from ipmix_cli.augment_job import AugmentSpec, run_augment
-from ipmix_cli.bank import BankSpec, generate_bank
 from ipmix_cli.readers import ShardReader
 
 if importlib.util.find_spec("tensorflow") is None:
@@ -39,37 +35,13 @@ def ipmix_tf(tf):
     return module
 
 
-N_SOURCES = 20
-COPIES = 3
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "loading.md"
-
-
-def _build(root: Path, name: str, jsd: bool) -> Path:
-    bank = root / "bank"
-    if not bank.exists():
-        generate_bank(
-            BankSpec(out=bank, count=4, seed=5, options=FractalOptions(size=48, points=2000)),
-            jobs=1,
-        )
-        rng = np.random.default_rng(0)
-        images = rng.integers(0, 256, (N_SOURCES, 32, 32, 3), dtype=np.uint8)
-        np.savez(root / "data.npz", images=images, labels=np.arange(N_SOURCES) % 3)
-    out = root / f"{name}.h5"
-    config = IPMixConfig.preset("cifar", jsd=jsd)
-    spec = AugmentSpec(root / "data.npz", bank, out, config, copies=COPIES, seed=3, shard_size=7)
-    run_augment(spec, jobs=1)
-    return out
-
-
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tf-readers")
-    return {"standard": _build(root, "standard", False), "jsd": _build(root, "jsd", True)}
-
-
-def _plain(entry: Path) -> dict[str, np.ndarray]:
-    with h5py.File(entry, "r") as f:
-        return {name: f[name][()] for name in f}
+    return {
+        "standard": build_output(root, "standard", seed=3),
+        "jsd": build_output(root, "jsd", jsd=True, seed=3),
+    }
 
 
 def test_batches_match_h5py_with_declared_shapes(outputs, tf, ipmix_tf) -> None:
@@ -78,7 +50,7 @@ def test_batches_match_h5py_with_declared_shapes(outputs, tf, ipmix_tf) -> None:
     assert images.dtype == tf.uint8 and images.shape.as_list() == [None, 32, 32, 3]
     assert labels.dtype == tf.int64 and row.shape.as_list() == [None]
     assert int(ds.cardinality()) == 2 * 4  # 20 rows -> 4 batches (6, 6, 6, 2) per epoch
-    ref = _plain(outputs["standard"])
+    ref = plain_arrays(outputs["standard"])
     rows, copies = [], []
     for x, y, r, c in ds.as_numpy_iterator():
         np.testing.assert_array_equal(x, ref["images"][r])
@@ -97,7 +69,7 @@ def test_jsd_structure_and_static_batch(outputs, ipmix_tf) -> None:
     ds = ipmix_tf.dataset(outputs["jsd"], 4, epochs=1, drop_last=True, extras=("row",))
     (clean, aug1, aug2), labels, row = ds.element_spec
     assert clean.shape.as_list() == [4, 32, 32, 3] and labels.shape.as_list() == [4]
-    ref = _plain(outputs["jsd"])
+    ref = plain_arrays(outputs["jsd"])
     count = 0
     for (c, a1, a2), _, r in ds.as_numpy_iterator():
         np.testing.assert_array_equal(c, ref["clean"][r])

@@ -9,18 +9,14 @@ import re
 import sys
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
+from reader_outputs import COPIES, DOCS, N_SOURCES, build_output, plain_arrays
 
 torch = pytest.importorskip("torch")
 
 from torch.utils.data import DataLoader, DistributedSampler  # noqa: E402
 
-from fractals import FractalOptions  # noqa: E402
-from ipmix_cli.augment.config import IPMixConfig  # noqa: E402
-from ipmix_cli.augment_job import AugmentSpec, run_augment  # noqa: E402
-from ipmix_cli.bank import BankSpec, generate_bank  # noqa: E402
 from ipmix_cli.readers.torch import (  # noqa: E402
     CopySampler,
     ShardBatchSampler,
@@ -28,37 +24,14 @@ from ipmix_cli.readers.torch import (  # noqa: E402
     ShardSampler,
 )
 
-N_SOURCES = 20
-COPIES = 3
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "loading.md"
-
-
-def _build(root: Path, name: str, jsd: bool) -> Path:
-    bank = root / "bank"
-    if not bank.exists():
-        generate_bank(
-            BankSpec(out=bank, count=4, seed=5, options=FractalOptions(size=48, points=2000)),
-            jobs=1,
-        )
-        rng = np.random.default_rng(0)
-        images = rng.integers(0, 256, (N_SOURCES, 32, 32, 3), dtype=np.uint8)
-        np.savez(root / "data.npz", images=images, labels=np.arange(N_SOURCES) % 3)
-    out = root / f"{name}.h5"
-    config = IPMixConfig.preset("cifar", jsd=jsd)
-    spec = AugmentSpec(root / "data.npz", bank, out, config, copies=COPIES, seed=3, shard_size=7)
-    run_augment(spec, jobs=1)
-    return out
-
 
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("torch-readers")
-    return {"standard": _build(root, "standard", False), "jsd": _build(root, "jsd", True)}
-
-
-def _plain(entry: Path) -> dict[str, np.ndarray]:
-    with h5py.File(entry, "r") as f:
-        return {name: f[name][()] for name in f}
+    return {
+        "standard": build_output(root, "standard", seed=3),
+        "jsd": build_output(root, "jsd", jsd=True, seed=3),
+    }
 
 
 def _context() -> multiprocessing.context.BaseContext | None:
@@ -104,7 +77,7 @@ def test_dataloader_two_workers_default_collate(outputs, kind: str) -> None:
         persistent_workers=True,  # the epoch lives in the sampler, so this is fine
         multiprocessing_context=_context(),
     )
-    ref = _plain(outputs[kind])
+    ref = plain_arrays(outputs[kind])
     seen = []
     for epoch in range(COPIES + 1):  # no set_epoch: each pass advances the epoch by itself
         rows = _check_batches(loader, ref, kind == "jsd")
@@ -120,7 +93,7 @@ def test_fast_loader_two_workers_and_set_epoch(outputs) -> None:
     ds = ShardDataset(outputs["jsd"], extras=("row",))
     loader = ds.loader(8, seed=2, num_workers=2, multiprocessing_context=_context())
     assert isinstance(loader.sampler, ShardBatchSampler) and len(loader) == 3
-    ref = _plain(outputs["jsd"])
+    ref = plain_arrays(outputs["jsd"])
     loader.sampler.set_epoch(4)
     rows = _check_batches(loader, ref, jsd=True)
     assert sorted(rows) == list(range(N_SOURCES, 2 * N_SOURCES))  # epoch 4 -> copy 1
@@ -132,7 +105,7 @@ def test_fast_loader_two_workers_and_set_epoch(outputs) -> None:
 
 def test_single_items_and_batches_as_tensors(outputs) -> None:
     ds = ShardDataset(outputs["standard"], extras=("source_index",))
-    ref = _plain(outputs["standard"])
+    ref = plain_arrays(outputs["standard"])
     image, label, source = ds[25]
     assert image.shape == (32, 32, 3) and int(label) == ref["labels"][25] and int(source) == 5
     images, labels, _ = ds[torch.tensor([3, 1, 2])]
@@ -160,7 +133,7 @@ def test_ranks_disjoint_and_covering(outputs) -> None:
 
 def test_distributed_sampler_over_the_dataset_and_with_copy_sampler(outputs) -> None:
     ds = ShardDataset(outputs["standard"], extras=("row",))
-    ref = _plain(outputs["standard"])
+    ref = plain_arrays(outputs["standard"])
     # plain DistributedSampler over every row: works, each epoch covers every copy
     rows = []
     for rank in range(2):
