@@ -297,7 +297,7 @@ def preview_target(target: Path, out: Path, count: int, overwrite: bool) -> None
     if out.exists() and not overwrite:
         raise AugmentError(f"{out}: exists; pass --overwrite to replace it")
     if target.is_dir():
-        pictures = open_mixing_set(target)[:count]
+        pictures = open_mixing_set(target, limit=count)
         captions = None
     else:
         with open_output(target) as output:

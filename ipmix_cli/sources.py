@@ -916,14 +916,15 @@ def open_source(
     return Hdf5Source(p)
 
 
-def open_mixing_set(path: str | os.PathLike[str]) -> list[np.ndarray]:
+def open_mixing_set(path: str | os.PathLike[str], limit: int | None = None) -> list[np.ndarray]:
     """Load a mixing set (e.g. a fractal bank) as a list of uint8 (H, W, 3) images.
 
     ``path`` is a folder of pictures (searched recursively, sorted by relative path, hidden
     entries skipped, non-image files such as ``manifest.json`` ignored; a folder with no pictures
     but an HDF5 bank file such as ``fractals.h5`` uses that), or an HDF5 file with an ``images``
     (N, H, W, 3) / (N, H, W) uint8 dataset. Images may differ in size. Any undecodable picture
-    is an error naming it: a mixing set is small and should be clean.
+    is an error naming it: a mixing set is small and should be clean. ``limit`` keeps only the
+    first pictures (a preview need not decode a whole bank).
     """
     p = Path(path).absolute()
     if not p.exists():
@@ -937,10 +938,10 @@ def open_mixing_set(path: str | os.PathLike[str]) -> list[np.ndarray]:
             )
         files.sort(key=lambda f: f.relative_to(p).as_posix())
         if files:
-            return [decode_image(f) for f in files]
+            return [decode_image(f) for f in files[:limit]]
         banks = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in HDF5_SUFFIXES)
         if len(banks) == 1:
-            return open_mixing_set(banks[0])
+            return open_mixing_set(banks[0], limit)
         raise SourceError(p, "mixing set holds no images")
     import h5py
 
@@ -950,7 +951,7 @@ def open_mixing_set(path: str | os.PathLike[str]) -> list[np.ndarray]:
                 raise SourceError(p, "mixing-set HDF5 file has no 'images' dataset")
             dset = f["images"]
             _check_images(p, "images", dset.shape, dset.dtype)
-            arr = dset[()]
+            arr = dset[:limit]
     except IpmixError:
         raise
     except OSError as error:

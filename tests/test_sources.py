@@ -411,3 +411,21 @@ def test_open_mixing_set_folder_and_hdf5(tmp_path: Path) -> None:
     with pytest.raises(SourceError) as info:
         open_mixing_set(nothing)
     _assert_one_line(info.value, nothing, "no images")
+
+
+def test_mixing_set_limit_decodes_only_the_first_pictures(tmp_path: Path) -> None:
+    import h5py
+
+    from ipmix_cli.sources import open_mixing_set
+
+    rng = np.random.default_rng(3)
+    pictures = rng.integers(0, 256, (5, 6, 7, 3), dtype=np.uint8)
+    for i, picture in enumerate(pictures):
+        Image.fromarray(picture).save(tmp_path / f"{i}.png")
+    (tmp_path / "4.png").write_bytes(b"broken")  # never reached with limit=3
+    got = open_mixing_set(tmp_path, limit=3)
+    assert len(got) == 3 and all(np.array_equal(g, p) for g, p in zip(got, pictures, strict=False))
+    with h5py.File(tmp_path / "bank.h5", "w") as f:
+        f["images"] = pictures
+    from_h5 = open_mixing_set(tmp_path / "bank.h5", limit=2)
+    assert len(from_h5) == 2 and np.array_equal(from_h5[1], pictures[1])
