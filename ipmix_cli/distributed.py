@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import hashlib
 import logging
 import platform
 import signal
+import sys
 import warnings
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -138,11 +140,12 @@ def local_cluster(n_workers: int) -> Iterator[Client]:
 
 @contextlib.contextmanager
 def _quiet_dask_logs() -> Iterator[None]:
-    """Silence dask's console handlers until the local cluster is fully closed.
+    """Silence dask's console output until the local cluster is fully closed.
 
     ``silence_logs`` only lasts until the cluster's own close, but a Ctrl-C'd scheduler still
-    logs comm races (at CRITICAL, with a traceback) while it shuts down; they say nothing the
-    user can act on, so they stay quiet until this block ends, after the cluster is gone.
+    logs comm races (at CRITICAL, with a traceback) while it shuts down, and a client torn down
+    mid-close reports "IOLoop is closed" from its finaliser. Neither says anything the user can
+    act on, so both stay quiet until this block ends, after the cluster is gone.
     """
     handlers = [
         h for h in logging.getLogger("distributed").handlers if isinstance(h, logging.StreamHandler)
@@ -150,9 +153,21 @@ def _quiet_dask_logs() -> Iterator[None]:
     levels = [h.level for h in handlers]
     for handler in handlers:
         handler.setLevel(logging.CRITICAL + 1)
+    previous_hook = sys.unraisablehook
+
+    def drop_closed_loop_reports(unraisable: Any) -> None:
+        if not (
+            isinstance(unraisable.exc_value, RuntimeError)
+            and "IOLoop is closed" in str(unraisable.exc_value)
+        ):
+            previous_hook(unraisable)
+
+    sys.unraisablehook = drop_closed_loop_reports
     try:
         yield
     finally:
+        gc.collect()  # run the finalisers of a half-closed client while the hook is in place
+        sys.unraisablehook = previous_hook
         for handler, level in zip(handlers, levels, strict=True):
             handler.setLevel(level)
 
