@@ -38,20 +38,26 @@ def check_jobs(_ctx: click.Context, _param: click.Parameter, value: int) -> int:
     return value
 
 
-def backend_options(command: Callable[..., Any]) -> Callable[..., Any]:
+def backend_options(
+    choices: tuple[str, ...], default: str, help_text: str
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """``--backend`` and ``--scheduler``, for the commands that fan work out to workers."""
-    command = click.option(
-        "--scheduler",
-        metavar="ADDRESS",
-        help="Join this dask scheduler, e.g. tcp://host:8786 (implies --backend dask; --jobs is "
-        "then ignored, every worker of the cluster is used).",
-    )(command)
-    return click.option(
-        "--backend",
-        type=click.Choice(["loky", "dask"]),
-        help="loky: local processes (default). dask: a dask cluster, --scheduler's or a local "
-        "one of --jobs worker processes.",
-    )(command)
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        command = click.option(
+            "--scheduler",
+            metavar="ADDRESS",
+            help="Join this dask scheduler, e.g. tcp://host:8786 (implies --backend dask; "
+            "--jobs is then ignored, every worker of the cluster is used).",
+        )(command)
+        return click.option(
+            "--backend",
+            type=click.Choice(list(choices)),
+            help=f"{help_text} dask: a dask cluster, --scheduler's or a local one of --jobs "
+            f"worker processes. [default: {default}]",
+        )(command)
+
+    return decorate
 
 
 @click.group()
@@ -74,7 +80,7 @@ def fractals() -> None:
 @click.option(
     "--jobs", default=-1, show_default=True, type=int, callback=check_jobs, help="-1: all cores."
 )
-@backend_options
+@backend_options(("loky", "dask"), "loky", "loky: local worker processes.")
 @click.option(
     "--background", default="plasma", show_default=True, type=click.Choice(["plasma", "black"])
 )
@@ -189,7 +195,12 @@ def parse_size(
 @click.option(
     "--jobs", default=-1, show_default=True, type=int, callback=check_jobs, help="-1: all cores."
 )
-@backend_options
+@backend_options(
+    ("threads", "loky", "dask"),
+    "threads",
+    "threads: one process, the kernels run without the GIL (no worker start-up, the data set "
+    "read once). loky: local worker processes.",
+)
 @click.option("--shard-size", type=click.IntRange(min=1), help="Rows per shard (default: ~16 MiB).")
 @click.option(
     "--compression", default="none", show_default=True, type=click.Choice(["none", "lzf", "gzip"])

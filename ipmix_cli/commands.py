@@ -169,7 +169,7 @@ def augment_dataset(
     scheduler: str | None = None,
 ) -> None:
     """``ipmix augment``: the main job, with a progress bar and a one-line summary."""
-    backend = resolve_backend(backend, scheduler)
+    backend = resolve_backend(backend, scheduler, default="threads")
     config = _config_from_options(
         preset,
         size,

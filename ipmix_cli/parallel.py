@@ -1,7 +1,8 @@
-"""Run independent tasks through joblib and hand back results as they finish.
+"""Run independent tasks in parallel and hand back results as they finish.
 
-All parallel work in ipmix goes through here so the backend (loky processes locally, dask on a
-cluster) is chosen in one place. Results arrive unordered; callers key them by task, which is
+All parallel work in ipmix goes through here so the backend (threads of this process, local
+processes through joblib's loky, a dask cluster through joblib's dask backend) is chosen in one
+place. Results arrive unordered; callers key them by task, which is
 what keeps output bytes independent of the number of workers.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import TypeVar
 
 import joblib
@@ -19,18 +21,18 @@ from ipmix_cli.errors import IpmixError
 T = TypeVar("T")
 R = TypeVar("R")
 
-BACKENDS = ("loky", "dask")
+BACKENDS = ("threads", "loky", "dask")
 
 
 class BackendError(IpmixError):
     """The parallel backend options do not fit together."""
 
 
-def resolve_backend(backend: str | None, scheduler: str | None) -> str:
-    """``--backend`` defaults to dask when ``--scheduler`` is given, else to loky; a scheduler
-    with loky is refused rather than silently ignored."""
+def resolve_backend(backend: str | None, scheduler: str | None, default: str = "loky") -> str:
+    """``--backend`` defaults to dask when ``--scheduler`` is given, else to the command's
+    ``default``; a scheduler with another backend is refused rather than silently ignored."""
     if backend is None:
-        return "dask" if scheduler else "loky"
+        return "dask" if scheduler else default
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r} (choose {' or '.join(BACKENDS)})")
     if scheduler and backend != "dask":
@@ -91,7 +93,29 @@ def run_unordered(
         for task in task_list:
             yield function(task)
         return
+    if backend == "threads":
+        yield from _run_threads(function, task_list, min(n_jobs, len(task_list)))
+        return
     parallel = joblib.Parallel(
         n_jobs=min(n_jobs, len(task_list)), backend=backend, return_as="generator_unordered"
     )
     yield from parallel(joblib.delayed(function)(task) for task in task_list)
+
+
+def _run_threads(function: Callable[[T], R], tasks: list[T], n_threads: int) -> Iterator[R]:
+    """Threads of this process, for functions whose heavy part releases the GIL (the numba
+    kernels, hashing, file writes): no worker start-up, and the inputs are loaded once.
+
+    Threads cannot be killed, so an interrupt or an error is a clean stop rather than an
+    abandonment: tasks not started are cancelled and the ones running are waited for (a shard
+    each, a fraction of a second). Leaving them running into interpreter shutdown crashes it.
+    joblib's threading backend does just that on an interrupt, hence an executor here.
+    """
+    with ThreadPoolExecutor(n_threads, thread_name_prefix="ipmix-worker") as pool:
+        futures = [pool.submit(function, task) for task in tasks]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        finally:
+            for future in futures:
+                future.cancel()

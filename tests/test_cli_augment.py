@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
 import signal
 import subprocess
@@ -24,6 +25,7 @@ from ipmix_cli.augment.engine import augment_batch
 from ipmix_cli.augment.mixing_set import MixingSet
 from ipmix_cli.bank import BankSpec, generate_bank
 from ipmix_cli.cli import main
+from ipmix_cli.shards import shard_is_valid
 from ipmix_cli.sources import open_mixing_set
 
 N_IMAGES = 24
@@ -121,8 +123,14 @@ def test_npz_end_to_end_matches_engine_and_plain_h5py(
     assert manifest["source"]["fingerprint"]
 
 
-def test_jobs_one_and_two_give_identical_bytes(tmp_path: Path, npz: Path, bank: Path) -> None:
-    for jobs in ("1", "2"):
+def test_workers_and_backends_give_identical_bytes(tmp_path: Path, npz: Path, bank: Path) -> None:
+    """One thread, two threads (the default) and two loky worker processes: same bytes."""
+    runs = {
+        "j1": ["--jobs", "1"],
+        "threads": ["--jobs", "2"],
+        "loky": ["--jobs", "2", "--backend", "loky"],
+    }
+    for name, options in runs.items():
         code, output = run_cli(
             "augment",
             "--input",
@@ -130,17 +138,17 @@ def test_jobs_one_and_two_give_identical_bytes(tmp_path: Path, npz: Path, bank: 
             "--mixing-set",
             bank,
             "--out",
-            tmp_path / f"j{jobs}" / "out.h5",
+            tmp_path / name / "out.h5",
             "--copies",
             "3",
-            "--jobs",
-            jobs,
             "--shard-size",
             "16",
             "--quiet",
+            *options,
         )
         assert code == 0, output
-    assert digest_tree(tmp_path / "j1" / "out.h5") == digest_tree(tmp_path / "j2" / "out.h5")
+    digests = [digest_tree(tmp_path / name / "out.h5") for name in runs]
+    assert digests[0] == digests[1] == digests[2]
 
 
 @pytest.mark.parametrize("fmt", ["folder", "cifar", "npy", "hdf5"])
@@ -309,6 +317,54 @@ def test_killed_run_resumes_to_identical_bytes(tmp_path: Path, bank: Path) -> No
     assert code == 0, output
     assert digest_tree(out) == digest_tree(reference)
     assert not list(shards.glob(".*"))  # no temporary files left behind
+
+
+def test_ctrl_c_stops_a_threads_run_and_resume_completes(tmp_path: Path, bank: Path) -> None:
+    """A terminal's Ctrl-C (SIGINT to the process group) during a 2-thread run: exit 130 with the
+    one-line hint and no traceback; every shard under its final name is complete; ``--resume``
+    ends with the bytes of an uninterrupted run."""
+    rng = np.random.default_rng(4)
+    data = tmp_path / "big.npz"
+    np.savez(
+        data,
+        images=rng.integers(0, 256, (3000, 32, 32, 3), dtype=np.uint8),
+        labels=rng.integers(0, 10, 3000),
+    )
+    args = ["augment", "--input", data, "--mixing-set", bank, "--copies", "4"]
+    args += ["--shard-size", "200", "--jobs", "2", "--quiet"]
+    out = tmp_path / "stopped.h5"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ipmix_cli", *map(str, args), "--out", str(out)],
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, like a job in a terminal
+    )
+    shards = out.with_suffix(".shards")
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and len(list(shards.glob("shard-*.h5"))) < 5:
+            time.sleep(0.02)
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    finished = sorted(shards.glob("shard-*.h5"))
+    assert 5 <= len(finished) < 60, "the interrupt must land mid-run"
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr, stderr
+    assert stderr.strip().splitlines()[-1].startswith("interrupted: finished work is kept"), stderr
+    assert not out.exists()
+    for path in finished:
+        assert shard_is_valid(path, 200), f"{path.name} is incomplete under its final name"
+    code, output = run_cli(*args, "--out", out, "--resume")
+    assert code == 0 and "reused" in output, output
+    reference = tmp_path / "reference" / out.name
+    code, output = run_cli(*args, "--out", reference)
+    assert code == 0, output
+    assert digest_tree(out) == digest_tree(reference)
+    assert not list(shards.glob(".*"))  # resume cleared what the interrupted threads left
 
 
 @pytest.fixture()

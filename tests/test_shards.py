@@ -25,6 +25,7 @@ from ipmix_cli.shards import (
     verify,
     write_entry,
     write_shard,
+    write_shard_pending,
 )
 from ipmix_cli.sources import open_source
 
@@ -248,6 +249,34 @@ def test_interrupted_write_leaves_no_final_file(tmp_path: Path, monkeypatch) -> 
     with pytest.raises(KeyboardInterrupt):  # the entry file is written atomically too
         write_entry(entry, [info], {})
     assert not entry.exists() and [p.name for p in tmp_path.iterdir() if p.is_file()] == []
+
+
+def test_pending_shard_commits_or_discards(tmp_path: Path, monkeypatch) -> None:
+    """Workers write pending shards, the job commits them: a pending shard is complete under a
+    hidden temporary name, commits to the bytes write_shard gives, and an interrupted commit or
+    a discard leaves neither the final name nor the temporary."""
+    folder = tmp_path / "s"
+    pending = write_shard_pending(folder / "shard-00002.h5", _arrays(2, 5))
+    assert not pending.path.exists() and pending.tmp.parent == folder
+    assert pending.tmp.name.startswith(".") and pending.tmp.name.endswith(".tmp")
+    info = pending.commit(durable=False)
+    assert shard_is_valid(pending.path, info) and read_shard_info(pending.path) == info
+    reference = write_shard(tmp_path / "ref" / "shard-00002.h5", _arrays(2, 5))
+    assert reference == info
+    assert (tmp_path / "ref" / "shard-00002.h5").read_bytes() == pending.path.read_bytes()
+
+    write_shard_pending(folder / "shard-00003.h5", _arrays(3, 4)).discard()
+
+    def interrupted(path: Path) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shards, "start_writeback", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_shard_pending(folder / "shard-00004.h5", _arrays(4, 4)).commit(durable=False)
+    monkeypatch.setattr(atomic, "fsync_path", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_shard_pending(folder / "shard-00005.h5", _arrays(5, 4)).commit()
+    assert sorted(p.name for p in folder.iterdir()) == ["shard-00002.h5"]
 
 
 def test_shard_is_valid_for_resume(built) -> None:

@@ -276,6 +276,26 @@ def test_npz_round_trip_rgb_and_gray(tmp_path: Path) -> None:
     np.testing.assert_array_equal(g.read(2), np.repeat(gray[2][..., None], 3, axis=2))
 
 
+def test_npz_is_memory_mapped_when_stored_and_loaded_when_compressed(tmp_path: Path) -> None:
+    """``np.savez`` members are mapped in place (workers then read only the pages they need);
+    ``savez_compressed`` ones are decompressed. Both read the same images, by any indices."""
+    images = RNG.integers(0, 256, (40, 6, 5, 3), dtype=np.uint8)
+    labels = np.arange(40) % 3
+    np.savez(tmp_path / "plain.npz", labels=labels, images=images)  # images not the first member
+    np.savez_compressed(tmp_path / "packed.npz", images=images, labels=labels)
+    plain, packed = open_source(tmp_path / "plain.npz"), open_source(tmp_path / "packed.npz")
+    for indices in ([3, 4, 5, 6], [7, 2, 2, 39], np.array([-1, 0]), range(10, 20), [], [5]):
+        expected = images[np.asarray(list(indices), dtype=np.int64)]
+        np.testing.assert_array_equal(plain.read_batch(indices), expected)
+        np.testing.assert_array_equal(packed.read_batch(indices), expected)
+    assert isinstance(plain._array(), np.memmap)
+    assert not isinstance(packed._array(), np.memmap)
+    assert "_cache_images" not in pickle.loads(pickle.dumps(plain)).__dict__
+    for bad in ([0, 40], [-41], np.array([2, 99])):
+        with pytest.raises(IndexError, match="out of range for 40 images in .*plain.npz"):
+            plain.read_batch(bad)
+
+
 def test_npy_with_sibling_or_explicit_labels(tmp_path: Path) -> None:
     images = RNG.integers(0, 256, (4, 3, 2, 3), dtype=np.uint8)
     np.save(tmp_path / "train.npy", images)

@@ -211,7 +211,7 @@ def _ipmix_view(
         of[e] = np.uint8(np.int32(min(max(v, lo), hi)))  # round half up, clamped
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def ipmix_batch(
     images: np.ndarray,
     state0: np.ndarray,
