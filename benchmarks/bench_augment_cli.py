@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -82,6 +83,11 @@ def cli_run(args: list[str]) -> tuple[float, float, str]:
     return wall, reported, line
 
 
+def remove_output(entry: Path) -> None:
+    entry.unlink(missing_ok=True)
+    shutil.rmtree(entry.with_suffix(".shards"), ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--images", type=int, default=50_000)
@@ -119,6 +125,7 @@ def main() -> None:
             figures = {"engine 1 core": single, "engine 2 threads (ceiling)": double}
             for backend in backends:
                 out = root / f"out-{backend}.h5"
+                remove_output(out)  # not timed: --overwrite would delete the last run's GBs
                 wall, reported, _ = cli_run(
                     [
                         "--input",

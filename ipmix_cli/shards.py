@@ -18,8 +18,9 @@ Design choices and why:
 * HDF5 fills a virtual dataset's missing source with its fill value. ``labels``,
   ``source_index`` and ``copy_index`` therefore use fill value -1 (never a valid value), and our
   own readers (:func:`open_output`, ``open_source``) check every shard before handing out data.
-* Every shard carries a sha256 checksum of its datasets (also recorded in the entry manifest),
-  so :func:`verify` catches bit rot, truncation and tampering.
+* Every shard carries a CRC-32 checksum of its datasets (also recorded in the entry manifest),
+  so :func:`verify` catches bit rot, truncation and accidental edits. CRC-32 rather than a
+  cryptographic hash: this guards against corruption, not an attacker, at a third of the cost.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,9 +81,10 @@ CHECKSUM_ORDER = ("images", "clean", "images2", "labels", "source_index", "copy_
 """Order in which datasets enter a shard checksum (absent ones are left out)."""
 
 CHECKSUM_METHOD = (
-    "sha256; for each dataset present, in the order images, clean, images2, labels, "
-    "source_index, copy_index: the ASCII line '<name> <dtype> <d0>,<d1>,...\\n' then the raw "
-    "C-order little-endian bytes"
+    "crc32 (zlib's CRC-32, as in gzip and PNG), stored as 'crc32:' and 8 lower-case hex digits; "
+    "for each dataset present, in the order images, clean, images2, labels, source_index, "
+    "copy_index: the ASCII line '<name> <dtype> <d0>,<d1>,...\\n' then the raw C-order "
+    "little-endian bytes"
 )
 DEFAULT_CHUNK_BYTES = 512 * 1024
 """Target size of one ``images`` chunk: several whole images, big enough for fast sequential
@@ -181,19 +184,52 @@ def _le(block: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(block).reshape(-1).view(np.uint8)
 
 
-def compute_checksum(arrays: Mapping[str, np.ndarray]) -> str:
-    """Checksum of in-memory shard arrays: ``"sha256:<hex>"`` (method: :data:`CHECKSUM_METHOD`)."""
-    digest = hashlib.sha256()
+class _Crc32:
+    """A running CRC-32 with hashlib's interface.
+
+    Why CRC-32 rather than sha256: the checksum guards against corruption (truncation, bit
+    rot, a bad copy), not against tampering, and sha256 cost 7% of the whole 32 px job (and
+    twice as long in ``verify``); zlib's CRC-32 runs at ~3 GB/s and every language has it."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def update(self, data: Any) -> None:
+        self.value = zlib.crc32(data, self.value)
+
+    def hexdigest(self) -> str:
+        return f"{self.value:08x}"
+
+
+_HASHERS: dict[str, Callable[[], Any]] = {"crc32": _Crc32, "sha256": hashlib.sha256}
+"""Checksum methods by the prefix of a stored checksum; sha256 verifies shards written before
+the switch to crc32 (format version 1 allows either)."""
+
+
+def _hasher(method: str) -> Any:
+    try:
+        return _HASHERS[method]()
+    except KeyError:
+        raise ValueError(f"unknown checksum method {method!r}") from None
+
+
+def _method_of(checksum: str) -> str:
+    return checksum.split(":", 1)[0] if ":" in checksum else ""
+
+
+def compute_checksum(arrays: Mapping[str, np.ndarray], method: str = "crc32") -> str:
+    """Checksum of in-memory shard arrays: ``"crc32:<hex>"`` (recipe: :data:`CHECKSUM_METHOD`)."""
+    digest = _hasher(method)
     for name in CHECKSUM_ORDER:
         if name in arrays:
             arr = np.asarray(arrays[name])
             digest.update(_header(name, arr.dtype, arr.shape))
             digest.update(_le(arr))
-    return "sha256:" + digest.hexdigest()
+    return f"{method}:{digest.hexdigest()}"
 
 
-def _file_checksum(f: h5py.File) -> str:
-    digest = hashlib.sha256()
+def _file_checksum(f: h5py.File, method: str = "crc32") -> str:
+    digest = _hasher(method)
     for name in CHECKSUM_ORDER:
         if name not in f:
             continue
@@ -206,15 +242,18 @@ def _file_checksum(f: h5py.File) -> str:
             step = max(dset.chunks[0], step - step % dset.chunks[0])
         for start in range(0, n, step):
             digest.update(_le(dset[start : start + step]))
-    return "sha256:" + digest.hexdigest()
+    return f"{method}:{digest.hexdigest()}"
 
 
-def shard_checksum(path: str | os.PathLike[str]) -> str:
-    """Recompute a shard file's checksum from its data (streams in 64 MiB blocks)."""
+def shard_checksum(path: str | os.PathLike[str], method: str | None = None) -> str:
+    """Recompute a shard file's checksum from its data (streams in 64 MiB blocks), by
+    ``method`` or else by the method of the checksum the shard stores."""
     p = Path(path)
     try:
         with h5py.File(p, "r") as f:
-            return _file_checksum(f)
+            stored = f.attrs.get("checksum", b"")
+            stored = stored.decode() if isinstance(stored, bytes) else str(stored)
+            return _file_checksum(f, method or _method_of(stored) or "crc32")
     except (OSError, KeyError, ValueError) as error:
         raise ShardError(p, f"unreadable (truncated or corrupt): {one_line(error, 160)}") from None
 
@@ -868,7 +907,7 @@ def _verify_shard(
                     f"{name}: label {int(labels.max())} out of range for {n_classes} classes"
                 )
             if deep:
-                actual = _file_checksum(f)
+                actual = _file_checksum(f, _method_of(rec["checksum"]))
                 if actual != rec["checksum"]:
                     faults.append(
                         f"{name}: checksum mismatch (data changed or corrupt): "
