@@ -4,7 +4,7 @@ The on-disk format is a public interface, specified in ``docs/format.md`` (keep 
 and bump :data:`FORMAT_VERSION` on any incompatible change). In short::
 
     OUT.h5                     entry file: virtual datasets over all shards + JSON manifest
-    OUT.shards/shard-00000.h5  one file per shard, written atomically by the worker that made it
+    OUT.shards/shard-00000.h5  one file per shard, written by the worker that made it, then renamed
     OUT.shards/shard-00001.h5
     ...
 
