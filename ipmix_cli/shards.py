@@ -356,26 +356,14 @@ def write_shard(
     path: str | os.PathLike[str],
     arrays: Mapping[str, np.ndarray],
     attrs: Mapping[str, Any] | None = None,
-    *,
-    index: int | None = None,
-    compression: str | None = None,
-    compression_level: int = 4,
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    **options: Any,
 ) -> ShardInfo:
     """Write one shard file atomically and return its :class:`ShardInfo`.
 
-    ``path`` either holds the complete shard afterwards or does not exist; the arguments are
-    those of :func:`write_shard_pending`.
+    ``path`` either holds the complete shard afterwards or does not exist; the arguments
+    (``index``, ``compression``, ...) are those of :func:`write_shard_pending`.
     """
-    return write_shard_pending(
-        path,
-        arrays,
-        attrs,
-        index=index,
-        compression=compression,
-        compression_level=compression_level,
-        chunk_bytes=chunk_bytes,
-    ).commit()
+    return write_shard_pending(path, arrays, attrs, **options).commit()
 
 
 def write_shard_pending(

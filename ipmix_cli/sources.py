@@ -670,18 +670,25 @@ class ArraySource(Source):
         return [self.path]
 
 
+def _read_npy_header(handle: Any) -> tuple[tuple[int, ...], bool, np.dtype] | None:
+    """(shape, fortran order, dtype) of the .npy data starting at ``handle``'s position, which
+    is left at the first data byte; None for an .npy version numpy may add later."""
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+    else:
+        return None
+    return tuple(shape), bool(fortran), dtype
+
+
 def _npz_member_header(path: Path, key: str) -> tuple[tuple[int, ...], np.dtype] | None:
     """Shape and dtype of ``key`` inside an .npz without loading the data (None if unknown)."""
     try:
         with zipfile.ZipFile(path) as zf, zf.open(key + ".npy") as member:
-            version = np.lib.format.read_magic(member)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(member)
-            elif version == (2, 0):
-                shape, _, dtype = np.lib.format.read_array_header_2_0(member)
-            else:
-                return None
-            return tuple(shape), dtype
+            header = _read_npy_header(member)
+            return None if header is None else (header[0], header[2])
     except (KeyError, ValueError, OSError, zipfile.BadZipFile):
         return None
 
@@ -703,13 +710,10 @@ def _npz_member_memmap(path: Path, key: str) -> np.ndarray | None:
             name_len = int.from_bytes(local[26:28], "little")
             extra_len = int.from_bytes(local[28:30], "little")
             handle.seek(info.header_offset + 30 + name_len + extra_len)
-            version = np.lib.format.read_magic(handle)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
-            elif version == (2, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
-            else:
+            header = _read_npy_header(handle)
+            if header is None:
                 return None
+            shape, fortran, dtype = header
             offset = handle.tell()
         member_end = info.header_offset + 30 + name_len + extra_len + info.file_size
         count = int(np.prod(shape, dtype=np.int64))

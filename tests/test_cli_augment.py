@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from interrupts import interrupt_after_shards, random_npz
 from PIL import Image
 
 from fractals import FractalOptions
@@ -272,39 +269,12 @@ def test_wrong_size_input_for_cifar_preset(tmp_path: Path, bank: Path) -> None:
 
 
 def test_killed_run_resumes_to_identical_bytes(tmp_path: Path, bank: Path) -> None:
-    rng = np.random.default_rng(3)
-    data = tmp_path / "big.npz"
-    np.savez(
-        data,
-        images=rng.integers(0, 256, (3000, 32, 32, 3), dtype=np.uint8),
-        labels=rng.integers(0, 10, 3000),
-    )
-    args = [
-        "augment",
-        "--input",
-        data,
-        "--mixing-set",
-        bank,
-        "--copies",
-        "4",
-        "--shard-size",
-        "200",
-        "--jobs",
-        "1",
-        "--quiet",
-    ]
+    data = random_npz(tmp_path / "big.npz", 3000, seed=3)
+    args = ["augment", "--input", data, "--mixing-set", bank, "--copies", "4"]
+    args += ["--shard-size", "200", "--jobs", "1", "--quiet"]
     out = tmp_path / "killed.h5"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ipmix_cli", *map(str, args), "--out", str(out)],
-        stderr=subprocess.PIPE,
-    )
     shards = out.with_suffix(".shards")
-    deadline = time.time() + 180
-    while time.time() < deadline and len(list(shards.glob("shard-*.h5"))) < 5:
-        time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    written = len(list(shards.glob("shard-*.h5")))
+    written, _, _ = interrupt_after_shards([*args, "--out", out], shards, 5, signal.SIGKILL)
     assert 5 <= written < 60, "the kill must land mid-run"
     assert not out.exists()
     code, output = run_cli(*args, "--out", out)
@@ -323,40 +293,20 @@ def test_ctrl_c_stops_a_threads_run_and_resume_completes(tmp_path: Path, bank: P
     """A terminal's Ctrl-C (SIGINT to the process group) during a 2-thread run: exit 130 with the
     one-line hint and no traceback; every shard under its final name is complete; ``--resume``
     ends with the bytes of an uninterrupted run."""
-    rng = np.random.default_rng(4)
-    data = tmp_path / "big.npz"
-    np.savez(
-        data,
-        images=rng.integers(0, 256, (3000, 32, 32, 3), dtype=np.uint8),
-        labels=rng.integers(0, 10, 3000),
-    )
+    data = random_npz(tmp_path / "big.npz", 3000, seed=4)
     args = ["augment", "--input", data, "--mixing-set", bank, "--copies", "4"]
     args += ["--shard-size", "200", "--jobs", "2", "--quiet"]
     out = tmp_path / "stopped.h5"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ipmix_cli", *map(str, args), "--out", str(out)],
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group, like a job in a terminal
-    )
     shards = out.with_suffix(".shards")
-    try:
-        deadline = time.time() + 180
-        while time.time() < deadline and len(list(shards.glob("shard-*.h5"))) < 5:
-            time.sleep(0.02)
-        os.killpg(process.pid, signal.SIGINT)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    finished = sorted(shards.glob("shard-*.h5"))
-    assert 5 <= len(finished) < 60, "the interrupt must land mid-run"
+    written, stderr, process = interrupt_after_shards(
+        [*args, "--out", out], shards, 5, signal.SIGINT
+    )
+    assert 5 <= written < 60, "the interrupt must land mid-run"
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr, stderr
     assert stderr.strip().splitlines()[-1].startswith("interrupted: finished work is kept"), stderr
     assert not out.exists()
-    for path in finished:
+    for path in shards.glob("shard-*.h5"):
         assert shard_is_valid(path, 200), f"{path.name} is incomplete under its final name"
     code, output = run_cli(*args, "--out", out, "--resume")
     assert code == 0 and "reused" in output, output

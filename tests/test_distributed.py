@@ -5,7 +5,6 @@ client killed mid-run then resumed. Every output must equal the loky run byte fo
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -20,6 +19,7 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
+from interrupts import interrupt_after_shards, wait_for_shards  # noqa: E402
 from test_cli_augment import digest_tree, run_cli  # noqa: E402
 
 from fractals import FractalOptions  # noqa: E402
@@ -166,17 +166,6 @@ def cli_process(*args: str) -> subprocess.Popen:
     )
 
 
-def wait_for_shards(shards: Path, count: int, process: subprocess.Popen) -> int:
-    """Poll until ``count`` shards exist (or the run ended); return how many there are."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        done = len(list(shards.glob("shard-*.h5")))
-        if done >= count:
-            return done
-        time.sleep(0.01)
-    return len(list(shards.glob("shard-*.h5")))
-
-
 def group_members(pgid: int) -> list[int]:
     """Live processes in process group ``pgid`` (from /proc, so no extra tool is needed)."""
     members = []
@@ -245,21 +234,9 @@ def test_ctrl_c_stops_a_local_cluster_run_cleanly(
     with loky) then finishes the job with the same bytes."""
     out = tmp_path / "out.h5"
     args = augment_args(data, bank, out)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ipmix_cli", *args, "--backend", "dask", "--jobs", "2"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group, like a job in a terminal
+    written, stderr, process = interrupt_after_shards(
+        [*args, "--backend", "dask", "--jobs", "2"], out.with_suffix(".shards"), 3, signal.SIGINT
     )
-    try:
-        written = wait_for_shards(out.with_suffix(".shards"), 3, process)
-        os.killpg(process.pid, signal.SIGINT)
-        _, stderr = process.communicate(timeout=60)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
     assert 3 <= written < N_SHARDS, f"the interrupt must land mid-run ({written} shards)"
     assert process.returncode == 130, stderr
     # The resume hint is the last word. Known limitation: under heavy load dask can still print
