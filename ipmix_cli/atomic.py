@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -58,37 +58,6 @@ def commit_temporary(tmp: Path, final: Path) -> None:
     fsync_path(tmp)
     os.replace(tmp, final)
     fsync_dir(final.parent)
-
-
-def start_writeback(path: Path) -> None:
-    """Ask the kernel to start writing ``path``'s dirty pages to disk now, without waiting.
-
-    A job that writes faster than the kernel's background flusher starts (gigabytes) would
-    otherwise leave all of its output for one long fsync at the end; started as each file is
-    finished, the disk works while the CPUs compute and the final fsync finds little to do.
-    Linux's ``POSIX_FADV_DONTNEED`` starts that writeback (dirty pages stay cached until
-    written); elsewhere this is a no-op.
-    """
-    advise = getattr(os, "posix_fadvise", None)
-    if advise is None:  # pragma: no cover - not on Linux
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        advise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    except OSError:  # pragma: no cover - advisory only
-        pass
-    finally:
-        os.close(fd)
-
-
-def fsync_files(paths: Iterable[Path]) -> None:
-    """fsync each file, then each folder holding them: after this they survive a crash."""
-    folders = set()
-    for path in paths:
-        fsync_path(path)
-        folders.add(path.parent)
-    for folder in folders:
-        fsync_dir(folder)
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:

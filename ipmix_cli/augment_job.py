@@ -28,7 +28,6 @@ import numpy as np
 
 from ipmix_cli.atomic import (
     atomic_path,
-    fsync_files,
     remove_stale_temporaries,
     write_bytes_atomic,
 )
@@ -216,21 +215,19 @@ def _start_warmup(config: IPMixConfig) -> threading.Thread:
 def _commit_all(
     pending: Iterator[PendingShard], on_progress: Callable[[int], None] | None
 ) -> list[ShardInfo]:
-    """Give each shard a worker hands back its final name, on a thread of this process, and
-    start its disk write; return their infos.
+    """Commit each shard a worker hands back (fsync, rename) on a thread of this process, so
+    that the workers compute while the disk catches up; return their infos once all are
+    durable.
 
-    Shards are not fsynced one by one: on ext4 each fsync forces a journal commit that stalls
-    the writers, which cost a fifth of the throughput at 32 px. :func:`run_augment` fsyncs them
-    all before it writes the entry file, so a complete-looking output is also a durable one;
-    a shard that an OS crash left damaged under its final name fails resume's checksum check
-    and is recomputed. If anything fails or the run is interrupted, shards not yet renamed are
-    deleted: a killed run leaves only complete shards.
+    Progress counts computed shards. If anything fails or the run is interrupted, commits not
+    yet started are dropped with their temporary files: a shard exists under its final name
+    only once it is complete and on disk.
     """
     commits: list[tuple[Future[ShardInfo], PendingShard]] = []
     with ThreadPoolExecutor(1, thread_name_prefix="ipmix-commit") as committer:
         try:
             for shard in pending:
-                commits.append((committer.submit(shard.commit, durable=False), shard))
+                commits.append((committer.submit(shard.commit), shard))
                 if on_progress:
                     on_progress(shard.info.count)
             return [future.result() for future, _ in commits]
@@ -386,7 +383,6 @@ def run_augment(
     # A worker killed mid-write (its task then reran elsewhere) leaves its temporary file; every
     # task has finished now, so nothing is writing here any more.
     remove_stale_temporaries(folder)
-    fsync_files(folder / shard_filename(i) for i in range(len(ranges)))
 
     manifest = {
         "config": spec.config.to_dict(),

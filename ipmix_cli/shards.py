@@ -39,7 +39,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ipmix_cli.atomic import atomic_path, commit_temporary, start_writeback, temporary_sibling
+from ipmix_cli.atomic import atomic_path, commit_temporary, temporary_sibling
 from ipmix_cli.errors import ShardError, one_line
 
 __all__ = [
@@ -328,20 +328,11 @@ class PendingShard:
     path: Path
     info: ShardInfo
 
-    def commit(self, durable: bool = True) -> ShardInfo:
-        """Give the complete file its final name; on any failure (an interrupt included) the
-        temporary file goes and the final name is left as it was.
-
-        ``durable``: fsync the file before the rename and the folder after, so the shard also
-        survives an OS crash. Without it the disk write is only started (the rename alone
-        already protects against a killed process), and the caller fsyncs the shards before
-        it records them as complete: the augment job does so once, before its entry file."""
+    def commit(self) -> ShardInfo:
+        """fsync the file, rename it to its final name, fsync the folder; on any failure (an
+        interrupt included) the temporary file goes and the final name is left as it was."""
         try:
-            if durable:
-                commit_temporary(self.tmp, self.path)
-            else:
-                start_writeback(self.tmp)
-                os.replace(self.tmp, self.path)
+            commit_temporary(self.tmp, self.path)
         except BaseException:
             self.discard()
             raise

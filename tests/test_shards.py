@@ -273,7 +273,7 @@ def test_pending_shard_commits_or_discards(tmp_path: Path, monkeypatch) -> None:
     pending = write_shard_pending(folder / "shard-00002.h5", _arrays(2, 5))
     assert not pending.path.exists() and pending.tmp.parent == folder
     assert pending.tmp.name.startswith(".") and pending.tmp.name.endswith(".tmp")
-    info = pending.commit(durable=False)
+    info = pending.commit()
     assert shard_is_valid(pending.path, info) and read_shard_info(pending.path) == info
     reference = write_shard(tmp_path / "ref" / "shard-00002.h5", _arrays(2, 5))
     assert reference == info
@@ -284,9 +284,6 @@ def test_pending_shard_commits_or_discards(tmp_path: Path, monkeypatch) -> None:
     def interrupted(path: Path) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(shards, "start_writeback", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        write_shard_pending(folder / "shard-00004.h5", _arrays(4, 4)).commit(durable=False)
     monkeypatch.setattr(atomic, "fsync_path", interrupted)
     with pytest.raises(KeyboardInterrupt):
         write_shard_pending(folder / "shard-00005.h5", _arrays(5, 4)).commit()
