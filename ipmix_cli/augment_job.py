@@ -26,11 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ipmix_cli.atomic import (
-    atomic_path,
-    remove_stale_temporaries,
-    write_bytes_atomic,
-)
+from ipmix_cli.atomic import atomic_path, remove_stale_temporaries, write_bytes_atomic
 from ipmix_cli.augment.config import IPMixConfig
 from ipmix_cli.augment.engine import augment_batch, augment_images, warmup
 from ipmix_cli.augment.mixing_set import MixingSet
@@ -52,8 +48,8 @@ JOB_FILE = "job.json"
 MIXING_FILE = "mixing-set.npz"
 SOURCE_FILE = "source.pkl"
 WORK_DIR = ".work"
-_WORKER_LOADS = threading.Lock()
 SHARD_TARGET_BYTES = 16 * 1024 * 1024
+_WORKER_LOADS = threading.Lock()
 
 
 class AugmentError(IpmixError):

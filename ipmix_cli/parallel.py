@@ -2,8 +2,8 @@
 
 All parallel work in ipmix goes through here so the backend (threads of this process, local
 processes through joblib's loky, a dask cluster through joblib's dask backend) is chosen in one
-place. Results arrive unordered; callers key them by task, which is
-what keeps output bytes independent of the number of workers.
+place. Results arrive unordered; callers key them by task, which is what keeps output bytes
+independent of the number and kind of workers.
 """
 
 from __future__ import annotations
