@@ -1,23 +1,35 @@
-"""The public API: determinism, batching, records, options, the fill filter and the guard."""
+"""The public API: determinism, batching, records, options, errors, the fill filter, the
+guard, the warm-up and what importing the package may do."""
 
 from __future__ import annotations
 
 import json
+import math
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+import fractals
 from fractals import (
+    FractalError,
     FractalOptions,
     ifs,
     image,
     make_image,
     make_images,
+    pipeline,
+    record,
     render,
     render_record,
     rng,
     warmup,
 )
+from fractals.numba_cache import drop_stale_caches
 
 SMALL = FractalOptions(size=32, points=3000)
 
@@ -40,13 +52,88 @@ def test_options_round_trip_and_validation() -> None:
         dict(size=64.5),
         dict(patch="yes"),
         dict(instances=True),
+        dict(size=None),
+        dict(size="64"),
+        dict(size=math.inf),
+        dict(points=10**15),
+        dict(min_fill="0.5"),
+        dict(min_fill=None),
+        dict(min_fill=math.nan),
+        dict(min_fill=True),
+        dict(background=None),
+        dict(background=["plasma"]),
+        dict(flips=np.array([True, False])),
     ):
-        with pytest.raises(ValueError):
+        with pytest.raises(FractalError) as info:
             FractalOptions(**bad)
+        assert isinstance(info.value, ValueError)  # callers catching ValueError keep working
+        assert "\n" not in str(info.value)
 
 
-def test_warmup_runs() -> None:
+# Run in a fresh interpreter: in this one, earlier tests have compiled whatever they called, so
+# a signature missing from warmup() would go unnoticed here.
+_SIGNATURE_PROBE = textwrap.dedent(
+    """
+    import json, sys
+    from numba.core.registry import CPUDispatcher
+    from fractals import FractalOptions, make_image, make_images, render_record, warmup
+
+    def signatures():
+        found = {}
+        for name, module in list(sys.modules.items()):
+            if name == "fractals" or name.startswith("fractals."):
+                for obj in vars(module).values():
+                    if isinstance(obj, CPUDispatcher):
+                        func = obj.py_func
+                        key = func.__module__ + "." + func.__qualname__
+                        found[key] = sorted(str(sig) for sig in obj.signatures)
+        return found
+
     warmup()
+    before = signatures()
+    for opts in (
+        FractalOptions(size=32, points=2000),
+        FractalOptions(size=33, points=1500, background="black", patch=False, flips=False),
+        FractalOptions(size=40, points=2000, fractals_per_image=3, instances=3, blur=True),
+        FractalOptions(size=24, points=800, instances=2, min_fill=0.4),
+        FractalOptions(size=16, points=30, min_fill=1.0),
+        FractalOptions(size=300, points=5000),
+    ):
+        batch, records = make_images(7, range(5), opts)
+        make_image(7, 9, opts)
+        for rec in records[:2]:
+            render_record(json.loads(json.dumps(rec)))
+            render_record(rec, size=opts.size * 2 + 1, points=opts.points * 3)
+    json.dump({"before": before, "after": signatures()}, sys.stdout)
+    """
+)
+
+
+def test_warmup_compiles_every_signature_later_calls_use() -> None:
+    warmup()  # compiles into numba's cache here, so the fresh interpreter below only loads
+    done = subprocess.run(
+        [sys.executable, "-c", _SIGNATURE_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    before, after = result["before"], result["after"]
+    for kernel in (
+        "fractals.pipeline._generate",
+        "fractals.pipeline._compose",
+        "fractals.pipeline._box",
+        "fractals.render.render_layer",
+    ):
+        assert before.get(kernel), f"warmup() left {kernel} uncompiled"
+    new = {
+        name: sorted(set(sigs) - set(before.get(name, [])))
+        for name, sigs in after.items()
+        if set(sigs) - set(before.get(name, []))
+    }
+    assert not new, f"compiled after warmup(): {new}"
 
 
 def test_stream_key_nb_matches_python() -> None:
@@ -123,7 +210,7 @@ def test_render_record_at_other_size_is_the_same_picture() -> None:
 
 def test_record_contents() -> None:
     _, rec = make_image(2, 0, FractalOptions(size=32, points=2000, fractals_per_image=2))
-    assert rec["format"] == image.RECORD_FORMAT
+    assert rec["format"] == record.RECORD_FORMAT
     assert len(rec["layers"]) == 2
     for layer in rec["layers"]:
         system = np.array(layer["system"])
@@ -137,7 +224,7 @@ def test_record_contents() -> None:
     # the system key is the documented stream
     layer = rec["layers"][0]
     assert int(layer["system_key"], 16) == rng.stream_key(
-        2, 0, image.TAG_BASE, layer["base_attempt"]
+        2, 0, pipeline.TAG_BASE, layer["base_attempt"]
     )
 
 
@@ -169,11 +256,11 @@ def test_degenerate_system_is_rejected_by_the_filter() -> None:
     )
     _, fill = render.render_graded(specks, 1, 256, 100_000, patch=False)
     assert fill < 0.01
-    assert not image._accept(fill, FractalOptions().min_fill)
-    assert not image._accept(0.0, 0.0)  # an empty render never passes, even with no filter
-    good = ifs.sample_system_from_key(rng.stream_key(0, 0, image.TAG_BASE, 0))
+    assert not pipeline._accept(fill, FractalOptions().min_fill)
+    assert not pipeline._accept(0.0, 0.0)  # an empty render never passes, even with no filter
+    good = ifs.sample_system_from_key(rng.stream_key(0, 0, pipeline.TAG_BASE, 0))
     _, fill = render.render_graded(good, 1, 64, 10_000)
-    assert image._accept(fill, 0.0)
+    assert pipeline._accept(fill, 0.0)
 
 
 def test_min_fill_filter_resamples() -> None:
@@ -188,19 +275,53 @@ def test_min_fill_filter_resamples() -> None:
     assert min(r["fill"] for r in loose_records) < 0.3
 
 
-def test_impossible_min_fill_terminates_with_the_fullest() -> None:
+def _base_fills(seed: int, group: int, opts: FractalOptions) -> tuple[list, list, np.ndarray]:
+    """Independently of the pipeline: every base attempt's stream key, system and fill rate
+    for fractal 0 of ``group``, from the documented streams and the public building blocks."""
+    size = opts.size
+    counts = np.zeros((size + 2) ** 2, dtype=np.int32)
+    graded = np.zeros(size * size, dtype=np.int32)
+    keys, systems, fills = [], [], []
+    for attempt in range(pipeline.MAX_ATTEMPTS):
+        key = rng.stream_key(seed, group, pipeline.TAG_BASE, attempt)
+        state = np.array([key], dtype=np.uint64)
+        system = ifs.sample_system(state)  # leaves the render key in state
+        _, fill, _, _ = render.render_layer(
+            system, state[0], size, opts.points, opts.patch, opts.flips, counts, graded
+        )
+        keys.append(key)
+        systems.append(system)
+        fills.append(fill)
+    return keys, systems, np.array(fills)
+
+
+# (0, 0): three attempts tie for the fullest (7, 47 and 48), so keeping the last of the tied, or
+# the last attempt, is caught as well as keeping any other one
+@pytest.mark.parametrize(("seed", "index"), [(0, 0), (0, 1), (0, 2), (1, 0)])
+def test_impossible_min_fill_terminates_with_the_fullest(seed: int, index: int) -> None:
     opts = FractalOptions(size=16, points=30, min_fill=1.0)
-    _, rec = make_image(0, 0, opts)
-    assert rec["attempts"] == image.MAX_ATTEMPTS
-    assert 0 < rec["fill"] < 1
+    _, rec = make_image(seed, index, opts)
+    assert rec["rescue"] == 0  # the base systems below are this image's
+    keys, systems, fills = _base_fills(seed, index, opts)
+    best = int(np.argmax(fills))  # the first of the fullest
+    assert fills.max() < opts.min_fill  # no attempt passes: the fallback is what is tested
+    layer = rec["layers"][0]
+    assert rec["attempts"] == layer["base_tried"] == pipeline.MAX_ATTEMPTS
+    assert layer["base_attempt"] == best, (
+        layer["base_attempt"],
+        np.flatnonzero(fills == fills.max()),
+    )
+    assert layer["system_key"] == f"{keys[best]:016x}"
+    np.testing.assert_array_equal(np.array(layer["system"]), systems[best])
+    assert layer["fill"] == rec["fill"] == fills.max() > 0
 
 
 def test_guard_rejects_uniform_images() -> None:
     flat = np.full((32, 32, 3), 120, dtype=np.uint8)
-    assert not image.image_ok(flat, 500)
+    assert not pipeline.image_ok(flat, 500)
     noisy = np.random.default_rng(0).integers(0, 255, (32, 32, 3)).astype(np.uint8)
-    assert image.image_ok(noisy, 500)
-    assert not image.image_ok(noisy, 0)  # no fractal pixels: rejected
+    assert pipeline.image_ok(noisy, 500)
+    assert not pipeline.image_ok(noisy, 0)  # no fractal pixels: rejected
 
 
 @pytest.mark.parametrize("bg", ["plasma", "black"])
@@ -208,7 +329,7 @@ def test_never_blank_or_uniform(bg: str) -> None:
     opts = FractalOptions(size=24, points=1500, background=bg, min_fill=0.0)
     batch, records = make_images(99, range(200), opts)
     std = batch.reshape(len(batch), -1, 3).std(axis=1).max(axis=1)
-    assert std.min() >= image.GUARD_MIN_STD - 0.5
+    assert std.min() >= pipeline.GUARD_MIN_STD - 0.5
     assert all(r["guard_passed"] for r in records)
     if bg == "black":
         assert (batch.any(axis=3).mean(axis=(1, 2)) > 0.01).all()
@@ -233,3 +354,66 @@ def test_blur_changes_only_blurred_images() -> None:
         else:
             assert np.array_equal(a, b)
     assert 0 < blurred < 12
+
+
+# ---------------------------------------------------------------------------------------------
+# the numba cache: nothing on disk at import; stale caches found in subfolders too
+
+
+def test_import_leaves_the_disk_alone(tmp_path: Path) -> None:
+    # a copy whose caches carry no stamp: the old import-time check deleted them as stale
+    package = tmp_path / "fractals"
+    shutil.copytree(
+        Path(fractals.__file__).parent, package, ignore=shutil.ignore_patterns("__pycache__")
+    )
+    cache = package / "__pycache__"
+    cache.mkdir()
+    planted = [
+        cache / "render.render_layer-1.py311.nbi",
+        cache / "render.render_layer-1.py311.1.nbc",
+    ]
+    for path in planted:
+        path.write_bytes(b"not a real cache")
+    script = (
+        f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import fractals; "
+        f"assert fractals.__file__.startswith({str(tmp_path)!r}), fractals.__file__"
+    )
+    done = subprocess.run(
+        [sys.executable, "-B", "-c", script], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert all(path.read_bytes() == b"not a real cache" for path in planted)
+    assert not list(cache.glob("kernel-sources.*"))
+
+
+def test_drop_stale_caches_covers_subfolders(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    monkeypatch.delenv("NUMBA_DISABLE_JIT", raising=False)
+    package = tmp_path / "pkg"
+    (package / "sub" / "__pycache__").mkdir(parents=True)
+    (package / "__pycache__").mkdir()
+    (package / "top.py").write_text("x = 1\n")
+    (package / "sub" / "deep.py").write_text("y = 1\n")
+
+    def plant() -> list[Path]:
+        planted = [
+            package / "__pycache__" / "top.f-1.nbi",
+            package / "sub" / "__pycache__" / "d.nbc",
+        ]
+        for path in planted:
+            path.write_bytes(b"cache")
+        return planted
+
+    planted = plant()
+    assert drop_stale_caches(package) is True  # no stamp yet
+    assert not any(path.exists() for path in planted)
+    planted = plant()
+    assert drop_stale_caches(package) is False  # nothing changed
+    assert all(path.exists() for path in planted)
+    (package / "sub" / "deep.py").write_text("y = 2\n")  # an edit in a subfolder
+    assert drop_stale_caches(package) is True
+    assert not any(path.exists() for path in planted)
+    planted = plant()
+    (package / "sub" / "deep.py").rename(package / "deep.py")  # same bytes, moved
+    assert drop_stale_caches(package) is True
+    assert not any(path.exists() for path in planted)
