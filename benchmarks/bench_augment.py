@@ -26,8 +26,8 @@ import numpy as np  # noqa: E402
 from fractals.rng import new_state  # noqa: E402
 from ipmix_cli.augment.config import IPMixConfig  # noqa: E402
 from ipmix_cli.augment.engine import augment_batch, augment_images, warmup  # noqa: E402
-from ipmix_cli.augment.image_ops import OP_NAMES, apply_image_op  # noqa: E402
 from ipmix_cli.augment.mixing_set import MixingSet  # noqa: E402
+from ipmix_cli.augment.ops.dispatch import OP_NAMES, apply_image_op  # noqa: E402
 from ipmix_cli.augment.pretransform import random_resized_crop  # noqa: E402
 
 REFERENCE_32 = 333.0

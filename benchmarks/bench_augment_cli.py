@@ -38,7 +38,7 @@ from fractals import FractalOptions
 from ipmix_cli.augment.config import IPMixConfig
 from ipmix_cli.augment.engine import augment_batch, warmup
 from ipmix_cli.augment.mixing_set import MixingSet
-from ipmix_cli.bank import BankSpec, generate_bank
+from ipmix_cli.jobs.bank_job import BankSpec, generate_bank
 
 BLOCK = 1024
 

@@ -31,8 +31,9 @@ from joblib.externals.loky import get_reusable_executor
 
 from fractals import FractalOptions
 from ipmix_cli.augment.config import IPMixConfig
-from ipmix_cli.augment_job import AugmentSpec, run_augment
-from ipmix_cli.bank import BankSpec, generate_bank
+from ipmix_cli.jobs.augment_job import run_augment
+from ipmix_cli.jobs.augment_spec import AugmentSpec
+from ipmix_cli.jobs.bank_job import BankSpec, generate_bank
 
 WORKERS = 2
 

@@ -18,7 +18,7 @@ from functools import partial
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from ipmix_cli.augment.image_ops import OP_NAMES, apply_image_op
+from ipmix_cli.augment.ops.dispatch import OP_NAMES, apply_image_op
 
 LEVEL = 2.0  # a mid-range severity draw; op costs barely depend on it
 NEGATE = True

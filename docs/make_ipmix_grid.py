@@ -18,10 +18,10 @@ from PIL import Image, ImageDraw
 
 from ipmix_cli.augment.config import IPMixConfig
 from ipmix_cli.augment.engine import augment_batch_traced
-from ipmix_cli.augment.image_ops import OP_NAMES
-from ipmix_cli.augment.mixing import RULE_NAMES
 from ipmix_cli.augment.mixing_set import MixingSet
+from ipmix_cli.augment.ops.dispatch import OP_NAMES
 from ipmix_cli.augment.patch import OPF_OP, OPF_RULE, OPF_SIZE, OPF_SOURCE
+from ipmix_cli.augment.pixel_rules import RULE_NAMES
 from ipmix_cli.augment.pretransform import PRE_PICK, PRE_PLEFT, PRE_PTOP
 
 OUT = Path(__file__).resolve().parent / "img" / "ipmix-grid.png"

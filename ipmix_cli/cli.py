@@ -10,7 +10,10 @@ from typing import Any
 
 import click
 
-from ipmix_cli.errors import IpmixError
+from ipmix_cli.errors import IpmixError, one_line
+
+RUN_OPTIONS = ("jobs", "backend", "scheduler", "resume", "overwrite", "dry_run", "quiet")
+"""Options that say how to run a job rather than what it makes (``RunOptions``)."""
 
 
 def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -22,6 +25,10 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             return command(*args, **kwargs)
         except IpmixError as error:
             raise click.ClickException(str(error)) from None
+        except Exception as error:
+            if _is_fractal_error(error):
+                raise click.ClickException(one_line(error)) from None
+            raise
         except KeyboardInterrupt:
             click.echo(
                 "\ninterrupted: finished work is kept; rerun with --resume to continue", err=True
@@ -29,6 +36,13 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(130)
 
     return wrapper
+
+
+def _is_fractal_error(error: Exception) -> bool:
+    """``fractals.FractalError``, looked up only if the fractals package is loaded: importing it
+    here would load numba for every ``--help``."""
+    module = sys.modules.get("fractals.errors")
+    return module is not None and isinstance(error, module.FractalError)
 
 
 def check_jobs(_ctx: click.Context, _param: click.Parameter, value: int) -> int:
@@ -117,11 +131,13 @@ def fractals() -> None:
 @click.option("--resume", is_flag=True, help="Finish an interrupted bank in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @friendly_errors
-def fractals_generate(**opts: Any) -> None:
+def fractals_generate(preview: Path | None, **opts: Any) -> None:
     """Render a bank of IFS fractals: PNG folder (loads as an image folder) or one HDF5 file."""
-    from ipmix_cli.commands import generate_fractals
+    from ipmix_cli.commands import RunOptions
+    from ipmix_cli.commands.fractals import bank_spec, generate_fractals
 
-    generate_fractals(**opts)
+    run = RunOptions(**{name: opts.pop(name) for name in RUN_OPTIONS if name in opts})
+    generate_fractals(bank_spec(**opts), run, preview)
 
 
 @fractals.command("render")
@@ -137,7 +153,7 @@ def fractals_render(
     bank: Path, indices: tuple[int, ...], size: int | None, out: Path, overwrite: bool
 ) -> None:
     """Re-render images of BANK from its manifest, e.g. at a higher resolution."""
-    from ipmix_cli.commands import render_fractals
+    from ipmix_cli.commands.fractals import render_fractals
 
     render_fractals(bank, indices, size, out, overwrite)
 
@@ -151,7 +167,7 @@ def fractals_render(
 @friendly_errors
 def demo(out: Path, jobs: int, overwrite: bool) -> None:
     """Run the whole pipeline on built-in data (no download) and say where the results are."""
-    from ipmix_cli.commands import run_demo
+    from ipmix_cli.commands.demo import run_demo
 
     run_demo(out, jobs, overwrite)
 
@@ -233,9 +249,11 @@ def parse_size(
 @friendly_errors
 def augment(**opts: Any) -> None:
     """Pre-materialise IPMix-augmented copies of a data set into verified HDF5 shards."""
-    from ipmix_cli.commands import augment_dataset
+    from ipmix_cli.commands import RunOptions
+    from ipmix_cli.commands.augment import augment_dataset, augment_spec
 
-    augment_dataset(**opts)
+    run = RunOptions(**{name: opts.pop(name) for name in RUN_OPTIONS if name in opts})
+    augment_dataset(augment_spec(**opts), run)
 
 
 @main.command("inspect")
@@ -244,7 +262,7 @@ def augment(**opts: Any) -> None:
 @friendly_errors
 def inspect_command(entry: Path, as_json: bool) -> None:
     """Counts, classes, image size, bytes and config of an augment output."""
-    from ipmix_cli.commands import inspect_output
+    from ipmix_cli.commands.output import inspect_output
 
     inspect_output(entry, as_json)
 
@@ -255,7 +273,7 @@ def inspect_command(entry: Path, as_json: bool) -> None:
 @friendly_errors
 def verify(entry: Path, quick: bool) -> None:
     """Check every shard: present, checksums, shapes, labels. Exit 1 on any fault."""
-    from ipmix_cli.commands import verify_output
+    from ipmix_cli.commands.output import verify_output
 
     verify_output(entry, quick)
 
@@ -268,6 +286,6 @@ def verify(entry: Path, quick: bool) -> None:
 @friendly_errors
 def preview(target: Path, out: Path, count: int, overwrite: bool) -> None:
     """A labelled contact sheet of an augment output (FILE.h5) or an image folder / bank."""
-    from ipmix_cli.commands import preview_target
+    from ipmix_cli.commands.output import preview_target
 
     preview_target(target, out, count, overwrite)

@@ -1,9 +1,16 @@
-"""Exception hierarchy for ipmix.
+"""Every error type ipmix raises on purpose, in one place.
 
 Every error the library raises on purpose is an :class:`IpmixError`. Its ``str()`` is a single
 line of the form ``"<path>: <what is wrong>"`` so the CLI can print it as-is (no traceback) and a
 user can tell at a glance which file to look at. Multi-line causes (for example an HDF5 error
 stack) are collapsed onto that one line.
+
+One class per layer that can fail, so a caller can tell where a problem lies without parsing
+messages: the input (:class:`SourceError`, :class:`DecodeError`), the recipe
+(:class:`ConfigError`), the output format (:class:`ShardError`), what a command would write
+(:class:`OutputError`), the jobs (:class:`AugmentError`, :class:`BankError`) and the parallel
+backends (:class:`BackendError`, :class:`DaskError`). The fractal library has its own
+``fractals.FractalError``: it sits below ipmix_cli and cannot import it.
 """
 
 from __future__ import annotations
@@ -11,8 +18,14 @@ from __future__ import annotations
 from pathlib import Path
 
 __all__ = [
+    "AugmentError",
+    "BackendError",
+    "BankError",
+    "ConfigError",
+    "DaskError",
     "DecodeError",
     "IpmixError",
+    "OutputError",
     "ShardError",
     "SourceError",
     "one_line",
@@ -70,3 +83,29 @@ class DecodeError(SourceError):
 
 class ShardError(IpmixError):
     """An output shard or entry file is missing, corrupt or inconsistent."""
+
+
+class ConfigError(IpmixError, ValueError):
+    """An IPMix option is out of range or of the wrong type (a ``ValueError`` too, so plain
+    Python callers can catch it without knowing ipmix's hierarchy)."""
+
+
+class OutputError(IpmixError):
+    """A file or folder a command would write cannot be written as asked: it exists and
+    ``--overwrite`` was not given, it is not writable, or another run holds it."""
+
+
+class AugmentError(IpmixError):
+    """The augment job cannot run as asked."""
+
+
+class BankError(IpmixError):
+    """A fractal bank cannot be made or read as asked."""
+
+
+class BackendError(IpmixError):
+    """The parallel backend options do not fit together."""
+
+
+class DaskError(BackendError):
+    """The dask cluster cannot be used as asked."""

@@ -20,8 +20,8 @@ from fractals import FractalOptions
 from ipmix_cli.augment.config import IPMixConfig
 from ipmix_cli.augment.engine import augment_batch
 from ipmix_cli.augment.mixing_set import MixingSet
-from ipmix_cli.bank import BankSpec, generate_bank
 from ipmix_cli.cli import main
+from ipmix_cli.jobs.bank_job import BankSpec, generate_bank
 from ipmix_cli.shards import shard_is_valid
 from ipmix_cli.sources import open_mixing_set
 

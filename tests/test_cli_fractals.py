@@ -18,8 +18,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from fractals import FractalOptions
-from ipmix_cli.bank import PARTIAL_DIR, BankSpec, generate_bank
 from ipmix_cli.cli import main
+from ipmix_cli.jobs.bank_job import PARTIAL_DIR, BankSpec, generate_bank
 
 SMALL = ["--size", "32", "--points", "3000", "--quiet"]
 
@@ -370,3 +370,33 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     code, output = run_cli("demo", "--out", str(out))
     assert code == 1 and "--overwrite" in output
     shutil.rmtree(out)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda r: r["layers"][0].update(render_key="not-hex"), "'render_key' is not a 16-digit"),
+        (lambda r: r["layers"][0].pop("system"), "'system'"),
+        (lambda r: r["options"].update(size="big"), "size"),
+        (lambda r: r.update(format="something else"), "format"),
+    ],
+)
+def test_render_from_a_damaged_manifest_is_one_line(tmp_path: Path, damage, message) -> None:
+    """A hand-edited or damaged manifest: ``fractals render`` names the problem in one line and
+    exits 1, writing nothing (a real subprocess: what a user's terminal shows)."""
+    bank = tmp_path / "bank"
+    code, output = run_cli("fractals", "generate", "--out", str(bank), "--count", "3", *SMALL)
+    assert code == 0, output
+    manifest = json.loads((bank / "manifest.json").read_text())
+    damage(manifest["records"][1])
+    (bank / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "again"
+    result = subprocess.run(
+        [sys.executable, "-m", "ipmix_cli", "fractals", "render", str(bank), "--index", "1",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ") and message in lines[0], lines[0]
+    assert "Traceback" not in result.stderr and not list(out.glob("*.png"))

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from ipmix_cli.decode import decode_image
 from ipmix_cli.errors import DecodeError, IpmixError
+from ipmix_cli.sources.decode import decode_image
 
 RNG = np.random.default_rng(1234)
 

@@ -23,8 +23,8 @@ from interrupts import interrupt_after_shards, wait_for_shards  # noqa: E402
 from test_cli_augment import digest_tree, run_cli  # noqa: E402
 
 from fractals import FractalOptions  # noqa: E402
-from ipmix_cli import distributed as ipmix_distributed  # noqa: E402
-from ipmix_cli.bank import BankSpec, generate_bank  # noqa: E402
+from ipmix_cli.jobs import distributed as ipmix_distributed  # noqa: E402
+from ipmix_cli.jobs.bank_job import BankSpec, generate_bank  # noqa: E402
 
 # 1500 images x 4 copies in 60 shards of 100 rows: a few seconds of work on 2 workers, enough
 # shards for a kill to land mid-run.

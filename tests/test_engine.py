@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from ipmix_cli.augment.config import ConfigError, IPMixConfig
 from ipmix_cli.augment.engine import (
@@ -15,9 +16,8 @@ from ipmix_cli.augment.engine import (
     augment_images,
     warmup,
 )
-from ipmix_cli.augment.image_ops import apply_image_op
-from ipmix_cli.augment.mixing import OVERFLOW_WRAP
 from ipmix_cli.augment.mixing_set import MixingSet
+from ipmix_cli.augment.ops.dispatch import apply_image_op
 from ipmix_cli.augment.patch import (
     OPF_HEIGHT,
     OPF_LEFT,
@@ -31,12 +31,17 @@ from ipmix_cli.augment.patch import (
     OPF_WB,
     OPF_WIDTH,
 )
+from ipmix_cli.augment.pixel_rules import OVERFLOW_WRAP
 from ipmix_cli.augment.pretransform import (
     PRE_FLIP,
     PRE_LEFT,
     PRE_PICK,
     PRE_PLEFT,
     PRE_PTOP,
+    PRE_RRC_H,
+    PRE_RRC_I,
+    PRE_RRC_J,
+    PRE_RRC_W,
     PRE_TOP,
 )
 
@@ -286,13 +291,31 @@ def test_non_square_images() -> None:
     assert pr[:, OPF_HEIGHT].max() == 24 and pr[:, OPF_WIDTH].max() == 40
 
 
-def test_imagenet_full_size_smoke() -> None:
+def test_imagenet_full_size_against_pillow_and_the_traced_mix() -> None:
+    """The ImageNet preset at its real size: the clean image is RandomResizedCrop + flip as
+    Pillow computes it from the traced box, and each view is the traced mix of its chains."""
     config = IPMixConfig.preset("imagenet", jsd=True)
     mixing = mixing_for(config, n=2)
     assert mixing.short_side == 256
     images = [natural_images(1, 300, 400, 11)[0], natural_images(1, 256, 256, 12)[0]]
     out = augment_images(images, [0, 1], 0, mixing, config, 0)
-    assert out.shape == (2, 3, 224, 224, 3)
+    traced, tr = augment_batch_traced(images, [0, 1], 0, mixing, config, 0)
+    assert out.shape == (2, 3, 224, 224, 3) and np.array_equal(out, traced)
+    for n, image in enumerate(images):
+        i, j, h, w = (int(tr.pre[n, f]) for f in (PRE_RRC_I, PRE_RRC_J, PRE_RRC_H, PRE_RRC_W))
+        assert i >= 0 and i + h <= image.shape[0] and j >= 0 and j + w <= image.shape[1]
+        crop = Image.fromarray(image[i : i + h, j : j + w])
+        clean = np.asarray(crop.resize((224, 224), Image.Resampling.BILINEAR))
+        if tr.pre[n, PRE_FLIP] == 1:
+            clean = clean[:, ::-1]
+        assert np.array_equal(out[n, 0], clean)
+        for v in (0, 1):
+            mix = np.einsum("k,khwc->hwc", tr.weights[n, v], tr.chains[n, v].astype(np.float64))
+            m = tr.m[n, v]
+            expected = np.floor((1 - m) * clean + m * mix + 0.5).clip(0, 255)
+            diff = np.abs(out[n, 1 + v].astype(np.float64) - expected)
+            assert diff.max() <= 1 and (diff == 0).mean() > 0.999
+    assert not np.array_equal(out[:, 1], out[:, 2])  # two independent views
 
 
 def test_input_validation() -> None:
@@ -317,9 +340,41 @@ def test_input_validation() -> None:
     assert empty.shape == (0, 32, 32, 3)
 
 
-def test_warmup_runs() -> None:
-    warmup(IPMixConfig.preset("cifar"))
-    warmup(IPMixConfig.preset("imagenet", jsd=True))
+def _compiled_signatures() -> dict[str, int]:
+    """How many signatures every numba dispatcher of the engine has compiled so far."""
+    import importlib
+    import pkgutil
+
+    from numba.core.registry import CPUDispatcher
+
+    import ipmix_cli.augment
+
+    counts = {}
+    for info in pkgutil.walk_packages(ipmix_cli.augment.__path__, "ipmix_cli.augment."):
+        module = importlib.import_module(info.name)
+        for name, value in vars(module).items():
+            if isinstance(value, CPUDispatcher) and value.__module__ == module.__name__:
+                counts[f"{module.__name__}.{name}"] = len(value.signatures)
+    return counts
+
+
+@pytest.mark.parametrize("jsd", [False, True])
+def test_warmup_compiles_everything_a_real_batch_needs(jsd: bool) -> None:
+    """After ``warmup`` a real batch, of either preset and at its real size, compiles nothing
+    more: the job relies on that to keep numba's first dispatch out of its workers."""
+    for preset in ("cifar", "imagenet"):
+        warmup(IPMixConfig.preset(preset, jsd=jsd, all_ops=True))
+    before = _compiled_signatures()
+    # the census sees the entry kernels (callees are compiled into them, not on their own)
+    assert before["ipmix_cli.augment.recipe.ipmix_batch"] >= 1
+    assert before["ipmix_cli.augment.pretransform.rrc_params"] >= 1
+    cifar = IPMixConfig.preset("cifar", jsd=jsd, all_ops=True)
+    augment_batch(natural_images(8, 32, 32, 1), np.arange(8), 1, mixing_for(cifar), cifar, 3)
+    imagenet = IPMixConfig.preset("imagenet", jsd=jsd, all_ops=True, size=(64, 64))
+    images = [natural_images(1, 80, 96, 2)[0], natural_images(1, 70, 70, 3)[0]]
+    augment_images(images, [0, 1], 2, mixing_for(imagenet), imagenet, 4)
+    after = _compiled_signatures()
+    assert {name: n for name, n in after.items() if n != before.get(name)} == {}
 
 
 # ---------------------------------------------------------------------------- config

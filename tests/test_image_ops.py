@@ -21,8 +21,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageEnhance, ImageOps
 
-from ipmix_cli.augment import ops_enhance, ops_geometry, ops_point
-from ipmix_cli.augment.image_ops import N_ALL_OPS, N_DEFAULT_OPS, OP_NAMES, apply_image_op
+from ipmix_cli.augment.ops import enhance as ops_enhance
+from ipmix_cli.augment.ops import geometry as ops_geometry
+from ipmix_cli.augment.ops import point as ops_point
+from ipmix_cli.augment.ops.dispatch import N_ALL_OPS, N_DEFAULT_OPS, OP_NAMES, apply_image_op
 
 # Tolerances (uint8 levels) for ops where exactness is an implementation choice rather
 # than a given: the measured difference against Pillow 13.0 is 0 everywhere.

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from fractals.rng import new_state
-from ipmix_cli.augment.mixing import (
+from ipmix_cli.augment.pixel_rules import (
     OVERFLOW_CLIP,
     OVERFLOW_WRAP,
     U8_TO_UNIT,

@@ -9,7 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from ipmix_cli.parallel import BackendError, resolve_backend, run_unordered
+from ipmix_cli.errors import BackendError
+from ipmix_cli.jobs.parallel import resolve_backend, run_unordered
 
 
 def _square_sum(n: int) -> tuple[int, int]:

@@ -8,14 +8,6 @@ import numpy as np
 import pytest
 
 from fractals.rng import new_state
-from ipmix_cli.augment.mixing import (
-    OVERFLOW_CLIP,
-    OVERFLOW_WRAP,
-    RULE_ADD,
-    RULE_MULTIPLY,
-    RULE_RANDOM_ELEMS,
-    RULE_RANDOM_PIXELS,
-)
 from ipmix_cli.augment.patch import (
     OP_FIELDS,
     OPF_BRANCH,
@@ -28,6 +20,14 @@ from ipmix_cli.augment.patch import (
     OPF_WB,
     OPF_WIDTH,
     patch_mix,
+)
+from ipmix_cli.augment.pixel_rules import (
+    OVERFLOW_CLIP,
+    OVERFLOW_WRAP,
+    RULE_ADD,
+    RULE_MULTIPLY,
+    RULE_RANDOM_ELEMS,
+    RULE_RANDOM_PIXELS,
 )
 
 F = np.float32

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ipmix_cli.png import encode_rgb_png
+from ipmix_cli.bank.png import encode_rgb_png
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (7, 13), (32, 32), (129, 64)])

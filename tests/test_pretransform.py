@@ -30,6 +30,7 @@ from ipmix_cli.augment.pretransform import (
     random_resized_crop,
     rrc_params,
 )
+from ipmix_cli.sources import open_mixing_set
 
 
 def np_cifar(img: np.ndarray, flip: bool, top: int, left: int, pad: int = 4) -> np.ndarray:
@@ -223,11 +224,11 @@ def test_random_crop_picture_window_and_padding() -> None:
     assert np.all(np.delete(out, np.s_[-top : -top + 20], axis=0) == 0)
 
 
-def test_from_path(tmp_path) -> None:
+def test_mixing_set_from_a_folder(tmp_path) -> None:
     rng = np.random.default_rng(14)
     for name in ("b.png", "a.png"):
         Image.fromarray(rng.integers(0, 256, (50, 60, 3), dtype=np.uint8)).save(tmp_path / name)
-    ms = MixingSet.from_path(tmp_path, (32, 32))
+    ms = MixingSet.from_pictures(open_mixing_set(tmp_path), (32, 32))
     assert len(ms) == 2 and ms.shapes.tolist() == [[36, 43], [36, 43]]
     first = np.asarray(Image.open(tmp_path / "a.png").resize((43, 36), Image.Resampling.BILINEAR))
     assert np.array_equal(ms.picture(0), first)  # sorted by path

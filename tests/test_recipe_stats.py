@@ -12,7 +12,6 @@ from scipy import stats
 
 from ipmix_cli.augment.config import IPMixConfig
 from ipmix_cli.augment.engine import augment_batch_traced
-from ipmix_cli.augment.mixing import RULE_ADD, RULE_MULTIPLY
 from ipmix_cli.augment.mixing_set import MixingSet
 from ipmix_cli.augment.patch import (
     OPF_BRANCH,
@@ -31,6 +30,7 @@ from ipmix_cli.augment.patch import (
     OPF_WB,
     OPF_WIDTH,
 )
+from ipmix_cli.augment.pixel_rules import RULE_ADD, RULE_MULTIPLY
 from ipmix_cli.augment.pretransform import PRE_PICK
 
 P_MIN = 1e-3

@@ -14,8 +14,9 @@ import h5py
 import numpy as np
 import pytest
 
-from ipmix_cli import atomic, shards
+from ipmix_cli import shards
 from ipmix_cli.errors import ShardError, SourceError
+from ipmix_cli.fs import atomic
 from ipmix_cli.shards import (
     ShardInfo,
     inspect,

@@ -1,8 +1,9 @@
-"""The IPMix engine: image-level ops, pixel-level mixing rules, patch mixing and the recipe."""
+"""THE RECIPE: IPMix on batches of uint8 images, pure (no file I/O), seeded per sample.
 
-from pathlib import Path
-
-import fractals.rng
-from fractals.numba_cache import drop_stale_caches
-
-drop_stale_caches(Path(__file__).resolve().parent, [Path(fractals.rng.__file__).resolve()])
+``config`` (the hyper-parameters and presets), ``engine`` (the public batch API), ``recipe``
+(the jitted per-sample recipe), ``patch`` (patch-level mixing), ``pixel_rules`` (pixel-level
+mixing rules and the reference's uint8 wrap), ``pretransform`` (CIFAR crop, ImageNet
+RandomResizedCrop), ``mixing_set`` (mixing pictures prepared for one output size) and ``ops/``
+(the image-level ops). Every random draw is made by the recipe layer from counter-keyed streams
+(``fractals.rng``); the ops and rules are pure functions of their parameters.
+"""

@@ -16,18 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from ipmix_cli.errors import IpmixError
+from ipmix_cli.errors import ConfigError
 
 __all__ = ["ConfigError", "IPMixConfig", "PRESETS", "default_mixing_short_side"]
 
 PATCH_SOURCES = ("mixing", "mixed")
 PATCH_OVERFLOWS = ("wrap", "clip")
 PRE_TRANSFORMS = ("cifar", "imagenet", "none")
-
-
-class ConfigError(IpmixError, ValueError):
-    """An IPMix option is out of range or of the wrong type (a ``ValueError`` too, so plain
-    Python callers can catch it without knowing ipmix's hierarchy)."""
 
 
 def default_mixing_short_side(size: tuple[int, int]) -> int:
@@ -127,7 +122,7 @@ class IPMixConfig:
     @property
     def n_ops(self) -> int:
         """How many image ops the recipe draws from (10 by default, 15 with ``all_ops``)."""
-        from ipmix_cli.augment.image_ops import N_ALL_OPS, N_DEFAULT_OPS
+        from ipmix_cli.augment.ops.dispatch import N_ALL_OPS, N_DEFAULT_OPS
 
         return N_ALL_OPS if self.all_ops else N_DEFAULT_OPS
 
@@ -142,6 +137,14 @@ class IPMixConfig:
     def n_views(self) -> int:
         """Images per sample in the output: 3 (clean, view1, view2) in JSD mode, else 1."""
         return 3 if self.jsd else 1
+
+    @property
+    def preset_name(self) -> str | None:
+        """The preset this config is (JSD mode aside), or None for a customised recipe."""
+        for name in PRESETS:
+            if IPMixConfig.preset(name, jsd=self.jsd) == self:
+                return name
+        return None
 
     def replace(self, **changes: Any) -> IPMixConfig:
         """A copy with some fields changed (validated like a new config)."""

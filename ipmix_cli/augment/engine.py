@@ -22,8 +22,8 @@ import numpy as np
 
 from fractals.rng import MASK64
 from ipmix_cli.augment.config import ConfigError, IPMixConfig
-from ipmix_cli.augment.mixing import overflow_code
 from ipmix_cli.augment.mixing_set import MixingSet
+from ipmix_cli.augment.pixel_rules import overflow_code
 from ipmix_cli.augment.pretransform import PRE_FIELDS, random_resized_crop, rrc_params
 from ipmix_cli.augment.recipe import (
     PRE_MODE_CIFAR,

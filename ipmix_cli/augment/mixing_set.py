@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -46,7 +45,8 @@ def resized_shape(h: int, w: int, short_side: int, size: tuple[int, int]) -> tup
 class MixingSet:
     """Prepared mixing pictures: ``pictures[i, :shapes[i, 0], :shapes[i, 1]]`` is picture i.
 
-    Build it with :meth:`from_pictures` / :meth:`from_path`; it is tied to the output
+    Build it with :meth:`from_pictures` (pictures loaded by
+    ``ipmix_cli.sources.open_mixing_set``, for example); it is tied to the output
     ``size`` it was prepared for (the kernel crops that size out of each picture).
     """
 
@@ -92,20 +92,6 @@ class MixingSet:
         if not prepared:
             raise ValueError("a mixing set needs at least one picture")
         return cls._stack(prepared, size, short_side)
-
-    @classmethod
-    def from_path(
-        cls,
-        path: str | Path,
-        size: tuple[int, int] | IPMixConfig,
-        short_side: int | None = None,
-    ) -> MixingSet:
-        """Load a mixing set the way ``ipmix augment --mixing-set`` does (a folder of pictures,
-        searched recursively and sorted by path so indices are stable across machines, or an
-        HDF5 bank) and prepare it like :meth:`from_pictures`."""
-        from ipmix_cli.sources import open_mixing_set  # the I/O layer, only when asked for
-
-        return cls.from_pictures(open_mixing_set(path), size, short_side)
 
     @classmethod
     def _stack(

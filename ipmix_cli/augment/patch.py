@@ -23,7 +23,7 @@ import numba as nb
 import numpy as np
 
 from fractals.rng import coin, randint, uniform
-from ipmix_cli.augment.mixing import (
+from ipmix_cli.augment.pixel_rules import (
     OVERFLOW_WRAP,
     RULE_ADD,
     RULE_MULTIPLY,

@@ -33,7 +33,7 @@ import numba as nb
 import numpy as np
 
 from fractals.rng import coin, exponential, randint, stream_key_nb, uniform, uniform_range
-from ipmix_cli.augment.image_ops import apply_image_op
+from ipmix_cli.augment.ops.dispatch import apply_image_op
 from ipmix_cli.augment.patch import (
     OP_FIELDS,
     OPF_KIND,

@@ -1,11 +1,10 @@
 """The job behind ``ipmix augment``: plan shards, augment them in workers, join them.
 
-Rows are laid out copy-major (row = copy * N + source) so that copy c of every source is one
-contiguous block: a reader serving epoch e reads block e mod copies sequentially. A shard is a
-fixed range of rows; the worker that computes it writes it atomically, so a killed run loses at
-most the shards in flight, and ``resume`` recomputes exactly the missing or invalid ones. Every
-sample's bytes depend only on (seed, source, copy, view), so the result is the same for any
-number of workers and after any number of resumes.
+A shard is a fixed range of copy-major rows (``ipmix_cli.shards.layout``); the worker that
+computes it writes it atomically, so a killed run loses at most the shards in flight, and
+``resume`` recomputes exactly the missing or invalid ones. Every sample's bytes depend only on
+(seed, source, copy, view), so the result is the same for any number of workers and after any
+number of resumes.
 """
 
 from __future__ import annotations
@@ -17,30 +16,27 @@ import pickle
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from functools import lru_cache
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ipmix_cli.atomic import atomic_path, remove_stale_temporaries, write_bytes_atomic
 from ipmix_cli.augment.config import IPMixConfig
-from ipmix_cli.augment.engine import augment_batch, augment_images, warmup
+from ipmix_cli.augment.engine import warmup
 from ipmix_cli.augment.mixing_set import MixingSet
-from ipmix_cli.errors import IpmixError
-from ipmix_cli.parallel import resolve_jobs, run_unordered
+from ipmix_cli.errors import AugmentError
+from ipmix_cli.fs.atomic import atomic_path, remove_stale_temporaries, write_bytes_atomic
+from ipmix_cli.jobs.augment_spec import AugmentSpec, AugmentSummary
+from ipmix_cli.jobs.augment_tasks import ShardTask, commit_all, compute_shard
+from ipmix_cli.jobs.parallel import resolve_jobs, run_unordered
 from ipmix_cli.shards import (
-    PendingShard,
     ShardInfo,
     read_shard_info,
     shard_dir,
     shard_filename,
     shard_is_valid,
     write_entry,
-    write_shard_pending,
 )
 from ipmix_cli.sources import Source, open_mixing_set, open_source
 
@@ -48,149 +44,6 @@ JOB_FILE = "job.json"
 MIXING_FILE = "mixing-set.npz"
 SOURCE_FILE = "source.pkl"
 WORK_DIR = ".work"
-SHARD_TARGET_BYTES = 16 * 1024 * 1024
-_WORKER_LOADS = threading.Lock()
-
-
-class AugmentError(IpmixError):
-    """The augment job cannot run as asked."""
-
-
-@dataclass(frozen=True)
-class AugmentSpec:
-    """Everything that determines the output bytes (worker count deliberately excluded)."""
-
-    input: Path
-    mixing_set: Path
-    out: Path
-    config: IPMixConfig
-    copies: int = 1
-    seed: int = 0
-    shard_size: int | None = None
-    compression: str = "none"
-    input_format: str | None = None
-    on_error: str = "fail"
-    split: str = "train"
-    labels_path: Path | None = None
-
-    def rows_per_shard(self) -> int:
-        """Explicit ``shard_size``, else about 16 MiB of images per shard (64 to 16384 rows):
-        small enough that a CIFAR-sized job splits into many shards for load balance and cheap
-        resume, large enough that per-shard overhead (open, checksum, fsync) stays negligible."""
-        if self.shard_size is not None:
-            return self.shard_size
-        h, w = self.config.size
-        per_row = h * w * 3 * self.config.n_views
-        return int(max(64, min(16384, SHARD_TARGET_BYTES // per_row)))
-
-
-@dataclass
-class AugmentSummary:
-    out: Path
-    images: int
-    shards: int
-    computed_shards: int
-    reused_shards: int
-    bytes: int
-    seconds: float
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-
-    @property
-    def rate(self) -> float:
-        """Images computed per second in this run (reused shards excluded)."""
-        computed = self.images * self.computed_shards / max(self.shards, 1)
-        return computed / self.seconds if self.seconds > 0 else 0.0
-
-    def line(self) -> str:
-        skipped = f", {len(self.skipped)} unreadable files skipped" if self.skipped else ""
-        reused = f", {self.reused_shards} reused" if self.reused_shards else ""
-        return (
-            f"{self.images} images in {self.shards} shards ({self.bytes / 1e6:.1f} MB){reused}"
-            f" in {self.seconds:.1f} s, {self.rate:.0f} images/s{skipped} -> {self.out}"
-        )
-
-
-@dataclass(frozen=True)
-class _ShardTask:
-    """One shard's work, a few hundred bytes to pickle: the source and the mixing set travel as
-    files in the job's work folder (a source's file list and labels grow with the data set, ~50
-    MB for ImageNet, too much to ship with each of its ~10^4 shard tasks)."""
-
-    index: int
-    start: int
-    stop: int
-    n_sources: int
-    source_file: Path
-    mixing_file: Path
-    spec: AugmentSpec
-    job_hash: str
-
-
-@lru_cache(maxsize=2)
-def _load_mixing(path: Path, config_json: str, job_hash: str) -> MixingSet:
-    """Each worker process loads the prepared mixing set once, not once per shard. The job hash
-    is part of the key because dask workers outlive jobs: a later job writing the same path
-    with another mixing set must not get this one."""
-    config = IPMixConfig.from_dict(json.loads(config_json))
-    with np.load(path) as data:
-        return MixingSet(data["pictures"], data["shapes"], config.size, config.mixing_side)
-
-
-@lru_cache(maxsize=1)
-def _load_source(path: Path, job_hash: str) -> Source:
-    """Each worker process unpickles the source once (it reopens its files lazily); keyed by
-    job hash like :func:`_load_mixing`. The file is the job's own, written by the parent. One
-    entry only: a source caches what it reads (a whole .npz, say), and a long-lived worker
-    should not keep the previous job's copy."""
-    with open(path, "rb") as handle:
-        return pickle.load(handle)
-
-
-def _augment_rows(task: _ShardTask, source: Source, mixing: MixingSet) -> dict[str, np.ndarray]:
-    spec, config = task.spec, task.spec.config
-    rows = np.arange(task.start, task.stop, dtype=np.int64)
-    copies, sources = np.divmod(rows, task.n_sources)
-    labels = np.asarray(source.labels, dtype=np.int64)[sources]
-    images = source.read_batch(sources)
-    if config.pre == "imagenet":
-        out = augment_images(list(images), sources, copies, mixing, config, spec.seed)
-    else:
-        if isinstance(images, np.ndarray):
-            shapes = {images.shape[1:]}
-        else:
-            shapes = {tuple(np.shape(image)) for image in images}
-        expected = (*config.size, 3)
-        if shapes != {expected}:
-            bad = next(s for s in shapes if s != expected)
-            raise AugmentError(
-                f"{spec.input}: image of shape {bad[0]}x{bad[1]} but --pre {config.pre} needs "
-                f"{expected[0]}x{expected[1]} inputs; use --size, or --pre imagenet to crop"
-            )
-        out = augment_batch(np.asarray(images), sources, copies, mixing, config, spec.seed)
-    arrays = {"labels": labels, "source_index": sources, "copy_index": copies}
-    if config.jsd:
-        arrays.update(clean=out[:, 0], images=out[:, 1], images2=out[:, 2])
-    else:
-        arrays["images"] = out
-    return arrays
-
-
-def _compute_shard(task: _ShardTask) -> PendingShard:
-    """Worker side: augment one shard's rows and write the shard under a temporary name; the
-    parent commits it (:func:`_commit_all`)."""
-    config_json = json.dumps(task.spec.config.to_dict(), sort_keys=True)
-    with _WORKER_LOADS:  # the threads backend: one load per process, not one per thread
-        mixing = _load_mixing(task.mixing_file, config_json, task.job_hash)
-        source = _load_source(task.source_file, task.job_hash)
-    arrays = _augment_rows(task, source, mixing)
-    path = shard_dir(task.spec.out) / shard_filename(task.index)
-    return write_shard_pending(
-        path,
-        arrays,
-        attrs={"job": task.job_hash},
-        index=task.index,
-        compression=task.spec.compression,
-    )
 
 
 def _start_warmup(config: IPMixConfig) -> threading.Thread:
@@ -206,32 +59,6 @@ def _start_warmup(config: IPMixConfig) -> threading.Thread:
     thread = threading.Thread(target=load, name="ipmix-warmup")
     thread.start()
     return thread
-
-
-def _commit_all(
-    pending: Iterator[PendingShard], on_progress: Callable[[int], None] | None
-) -> list[ShardInfo]:
-    """Commit each shard a worker hands back (fsync, rename) on a thread of this process, so
-    that the workers compute while the disk catches up; return their infos once all are
-    durable.
-
-    Progress counts computed shards. If anything fails or the run is interrupted, commits not
-    yet started are dropped with their temporary files: a shard exists under its final name
-    only once it is complete and on disk.
-    """
-    commits: list[tuple[Future[ShardInfo], PendingShard]] = []
-    with ThreadPoolExecutor(1, thread_name_prefix="ipmix-commit") as committer:
-        try:
-            for shard in pending:
-                commits.append((committer.submit(shard.commit), shard))
-                if on_progress:
-                    on_progress(shard.info.count)
-            return [future.result() for future, _ in commits]
-        except BaseException:
-            for future, shard in commits:
-                if future.cancel():
-                    shard.discard()
-            raise
 
 
 def _fingerprint_mixing(pictures: list[np.ndarray], path: Path) -> dict[str, Any]:
@@ -349,7 +176,7 @@ def run_augment(
     n_sources = len(source)
     ranges = plan_shards(n_sources * spec.copies, spec.rows_per_shard())
     infos: dict[int, ShardInfo] = {}
-    tasks: list[_ShardTask] = []
+    tasks: list[ShardTask] = []
     for index, (start, stop) in enumerate(ranges):
         path = folder / shard_filename(index)
         expected = {"count": stop - start, "index": index, "attrs": {"job": job_hash}}
@@ -357,7 +184,7 @@ def run_augment(
             infos[index] = read_shard_info(path)
         else:
             tasks.append(
-                _ShardTask(index, start, stop, n_sources, source_file, mixing_file, spec, job_hash)
+                ShardTask(index, start, stop, n_sources, source_file, mixing_file, spec, job_hash)
             )
     for stale in folder.glob("shard-*.h5"):
         if stale.name not in {shard_filename(i) for i in range(len(ranges))}:
@@ -367,9 +194,9 @@ def run_augment(
         on_start(n_sources * spec.copies, reused_rows)
     if warming is not None:
         warming.join()
-    results = run_unordered(_compute_shard, tasks, jobs=jobs, backend=backend)
+    results = run_unordered(compute_shard, tasks, jobs=jobs, backend=backend)
     try:
-        for info in _commit_all(results, on_progress):
+        for info in commit_all(results, on_progress):
             infos[info.index] = info
     except BaseException:
         results.close()  # stop the workers (threads finish the shard they are on first)
@@ -380,12 +207,11 @@ def run_augment(
     # task has finished now, so nothing is writing here any more.
     remove_stale_temporaries(folder)
 
-    manifest = {
+    about = {
         "config": spec.config.to_dict(),
         "seed": spec.seed,
         "copies": spec.copies,
         "num_sources": n_sources,
-        "layout": "copy-major: row = copy * num_sources + source",
         "rows_per_shard": spec.rows_per_shard(),
         "compression": spec.compression,
         "source": {**source.to_dict(), "fingerprint": source.fingerprint()},
@@ -394,7 +220,7 @@ def run_augment(
         "job": job_hash,
     }
     write_entry(
-        spec.out, [infos[i] for i in range(len(ranges))], manifest, class_names=source.class_names
+        spec.out, [infos[i] for i in range(len(ranges))], about, class_names=source.class_names
     )
     shutil.rmtree(folder / WORK_DIR)
     size = spec.out.stat().st_size + sum(p.stat().st_size for p in folder.glob("shard-*.h5"))

@@ -1,10 +1,9 @@
 """The fractal-bank job behind ``ipmix fractals generate``: plan, render in parallel, assemble.
 
-A bank is a folder that loads as an image folder (``fractals/00000.png``... one class
-subfolder) or holds one HDF5 file, plus ``manifest.json`` with every image's IFS record so any
-image can be re-rendered. Work is split into fixed-size chunks keyed by image index; each chunk
-is written atomically by the worker that rendered it and marked done by a small JSON file, so an
-interrupted run resumes where it stopped and the result never depends on the number of workers.
+Work is split into fixed-size chunks keyed by image index; each chunk is written atomically by
+the worker that rendered it and marked done by a small JSON file in ``.ipmix-partial``, so an
+interrupted run resumes where it stopped and the result never depends on the number of
+workers. The bank's own layout is ``ipmix_cli.bank.format``.
 """
 
 from __future__ import annotations
@@ -16,31 +15,30 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import h5py
 import numpy as np
-from PIL import Image
 
 from fractals import FractalOptions, make_images
-from ipmix_cli import __version__
-from ipmix_cli.atomic import atomic_path, remove_stale_temporaries, write_bytes_atomic
-from ipmix_cli.errors import IpmixError
-from ipmix_cli.parallel import run_unordered
-from ipmix_cli.png import encode_rgb_png
+from ipmix_cli.bank.format import (
+    FORMATS,
+    H5_NAME,
+    IMAGE_DIR,
+    MANIFEST,
+    build_manifest,
+    image_name,
+    write_h5,
+)
+from ipmix_cli.bank.png import encode_rgb_png
+from ipmix_cli.errors import BankError
+from ipmix_cli.fs.atomic import atomic_path, remove_stale_temporaries, write_bytes_atomic
+from ipmix_cli.jobs.parallel import run_unordered
 
 CHUNK_SIZE = 64
 """Images per work unit. Fixed (not derived from --jobs) so a resumed run can reuse chunks made
 with any number of workers."""
 
 PARTIAL_DIR = ".ipmix-partial"
-MANIFEST = "manifest.json"
-IMAGE_DIR = "fractals"
-H5_NAME = "fractals.h5"
-BANK_FORMAT_VERSION = 1
 OUTPUT_NAMES = (IMAGE_DIR, H5_NAME, MANIFEST, PARTIAL_DIR)
-
-
-class BankError(IpmixError):
-    """A fractal bank cannot be made or read as asked."""
+"""What a bank folder holds: ``--overwrite`` removes these and nothing else."""
 
 
 @dataclass(frozen=True)
@@ -87,12 +85,6 @@ class _Chunk:
     index: int
     start: int
     stop: int
-
-
-def image_name(index: int, count: int) -> str:
-    """Zero-padded so names sort in index order (at least 5 digits, more for huge banks)."""
-    width = max(5, len(str(max(count - 1, 0))))
-    return f"{index:0{width}d}.png"
 
 
 def chunk_ranges(count: int) -> list[tuple[int, int]]:
@@ -195,48 +187,11 @@ def _prepare_folder(spec: BankSpec, overwrite: bool, resume: bool) -> None:
         raise BankError(f"{out}: cannot write here ({error.strerror or error})") from error
 
 
-def _manifest(spec: BankSpec, records: list[dict]) -> dict:
-    return {
-        "tool": "ipmix",
-        "version": __version__,
-        "bank_format_version": BANK_FORMAT_VERSION,
-        "format": spec.image_format,
-        "count": spec.count,
-        "seed": spec.seed,
-        "options": spec.options.to_dict(),
-        "png_compress_level": spec.png_compress_level,
-        "records": records,
-    }
-
-
 def _collect_records(spec: BankSpec) -> list[dict]:
     records: list[dict] = []
     for chunk, _ in enumerate(chunk_ranges(spec.count)):
         records.extend(json.loads(_chunk_record_path(spec.out, chunk).read_text())["records"])
     return records
-
-
-def _write_h5(spec: BankSpec, manifest: dict) -> None:
-    """Join the chunk arrays into one HDF5 file (written atomically)."""
-    size = spec.options.size
-    with atomic_path(spec.out / H5_NAME) as tmp, h5py.File(tmp, "w") as h5:
-        images = h5.create_dataset(
-            "images",
-            shape=(spec.count, size, size, 3),
-            dtype=np.uint8,
-            chunks=(1, size, size, 3),
-        )
-        for chunk, (start, stop) in enumerate(chunk_ranges(spec.count)):
-            images[start:stop] = np.load(_chunk_array_path(spec.out, chunk))
-        records = manifest["records"]
-        h5.create_dataset(
-            "records",
-            data=np.array([json.dumps(r) for r in records], dtype=object),
-            dtype=h5py.string_dtype(),
-        )
-        for key in ("tool", "version", "bank_format_version", "format", "count", "seed"):
-            h5.attrs[key] = manifest[key]
-        h5.attrs["options"] = json.dumps(manifest["options"], sort_keys=True)
 
 
 def generate_bank(
@@ -254,7 +209,7 @@ def generate_bank(
     """
     if spec.count < 1:
         raise BankError(f"{spec.out}: --count must be at least 1 (got {spec.count})")
-    if spec.image_format not in ("png", "h5"):
+    if spec.image_format not in FORMATS:
         raise BankError(f"{spec.out}: unknown format {spec.image_format!r} (png or h5)")
     started = time.perf_counter()
     _prepare_folder(spec, overwrite=overwrite, resume=resume)
@@ -274,9 +229,20 @@ def generate_bank(
     # chunk has finished now, so nothing is writing here any more.
     for folder in (spec.out, spec.out / IMAGE_DIR):
         remove_stale_temporaries(folder)
-    manifest = _manifest(spec, _collect_records(spec))
+    manifest = build_manifest(
+        image_format=spec.image_format,
+        count=spec.count,
+        seed=spec.seed,
+        options=spec.options.to_dict(),
+        png_compress_level=spec.png_compress_level,
+        records=_collect_records(spec),
+    )
     if spec.image_format == "h5":
-        _write_h5(spec, manifest)
+        blocks = (
+            (start, np.load(_chunk_array_path(spec.out, chunk)))
+            for chunk, (start, _) in enumerate(chunk_ranges(spec.count))
+        )
+        write_h5(spec.out / H5_NAME, manifest, spec.options.size, blocks)
     write_bytes_atomic(spec.out / MANIFEST, json.dumps(manifest, indent=1).encode())
     shutil.rmtree(spec.out / PARTIAL_DIR)
     return BankSummary(
@@ -286,29 +252,3 @@ def generate_bank(
         reused=reused,
         seconds=time.perf_counter() - started,
     )
-
-
-def load_manifest(bank: Path) -> dict:
-    """Read a complete bank's manifest, with a clear error for anything else."""
-    path = bank / MANIFEST if bank.is_dir() else bank
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise BankError(f"{path}: no manifest (not a bank, or an unfinished one)") from None
-    except (OSError, ValueError) as error:
-        raise BankError(f"{path}: unreadable manifest ({error})") from error
-    if manifest.get("tool") != "ipmix" or "records" not in manifest:
-        raise BankError(f"{path}: not an ipmix fractal-bank manifest")
-    return manifest
-
-
-def read_bank_images(bank: Path, limit: int | None = None) -> list[np.ndarray]:
-    """The first ``limit`` images of a complete bank, whatever its format (for previews)."""
-    manifest = load_manifest(bank)
-    count = manifest["count"] if limit is None else min(limit, manifest["count"])
-    if manifest["format"] == "h5":
-        with h5py.File(bank / H5_NAME, "r") as h5:
-            return list(h5["images"][:count])
-    return [
-        np.asarray(Image.open(bank / r["file"]).convert("RGB")) for r in manifest["records"][:count]
-    ]

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import joblib
 
 from ipmix_cli import __version__
-from ipmix_cli.errors import IpmixError, one_line
+from ipmix_cli.errors import DaskError, one_line
 
 if TYPE_CHECKING:  # dask is an optional extra: import it only when the dask backend is used
     from distributed import Client
@@ -53,10 +53,6 @@ CONNECT_TIMEOUT_S = 30.0
 TASK_RETRIES = 1
 """Extra attempts for a task that raised (a transient NFS error, say). A dead worker's tasks are
 rerun by the scheduler regardless (up to ``distributed.scheduler.allowed-failures`` times)."""
-
-
-class DaskError(IpmixError):
-    """The dask cluster cannot be used as asked."""
 
 
 def _distributed() -> Any:
@@ -187,11 +183,11 @@ def code_digest() -> str:
     now: a long-lived worker that imported ipmix before the code was edited or upgraded (same
     version number, other code) is caught by the comparison in :func:`check_workers`.
     """
-    root = Path(__file__).resolve().parent.parent  # holds ipmix_cli/ and fractals/
+    root = Path(__file__).resolve().parents[2]  # holds ipmix_cli/ and fractals/
     digest = hashlib.sha256()
-    for folder in ("fractals", "ipmix_cli", "ipmix_cli/augment"):
-        for path in sorted((root / folder).glob("*.py")):
-            digest.update(f"{folder}/{path.name}".encode())
+    for package in ("fractals", "ipmix_cli"):
+        for path in sorted((root / package).rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 

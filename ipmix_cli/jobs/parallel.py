@@ -16,16 +16,12 @@ from typing import TypeVar
 
 import joblib
 
-from ipmix_cli.errors import IpmixError
+from ipmix_cli.errors import BackendError
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 BACKENDS = ("threads", "loky", "dask")
-
-
-class BackendError(IpmixError):
-    """The parallel backend options do not fit together."""
 
 
 def resolve_backend(backend: str | None, scheduler: str | None, default: str = "loky") -> str:
@@ -46,7 +42,7 @@ def backend_session(
     """What a command wraps its job in: a connection to ``scheduler`` for the dask backend (the
     tasks then run there), else nothing (loky, or dask on a local cluster made per job)."""
     if backend == "dask" and scheduler:
-        from ipmix_cli.distributed import connect
+        from ipmix_cli.jobs.distributed import connect
 
         return connect(scheduler)
     return contextlib.nullcontext()
@@ -83,7 +79,7 @@ def run_unordered(
     n_jobs = resolve_jobs(jobs)
     task_list = list(tasks)
     if backend == "dask":
-        from ipmix_cli.distributed import run_unordered_dask
+        from ipmix_cli.jobs.distributed import run_unordered_dask
 
         yield from run_unordered_dask(
             function, task_list, n_workers=max(1, min(n_jobs, len(task_list)))

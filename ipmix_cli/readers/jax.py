@@ -25,13 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from ipmix_cli.readers.numpy_reader import (
-    EpochMode,
-    Even,
-    ShardReader,
-    batch_slices,
-    prefetch,
-)
+from ipmix_cli.readers.numpy_reader import ShardReader
+from ipmix_cli.readers.plan import EpochPlan, Even, batch_slices
+from ipmix_cli.readers.readahead import prefetch
 
 __all__ = ["GrainSource", "batches", "grain_dataset"]
 
@@ -81,41 +77,33 @@ def batches(
     batch_size: int,
     epoch: int = 0,
     *,
-    shuffle: bool = True,
-    seed: int = 0,
     rank: int | None = None,
     world_size: int | None = None,
     drop_last: bool = True,
     even: Even = "pad",
-    epoch_mode: EpochMode = "copy",
     prefetch_batches: int = 2,
     device_put: Any = None,
-    **reader_options: Any,
+    **options: Any,
 ) -> Iterator[tuple[Any, ...]]:
     """Batches ``(images, labels, *extras)`` of one epoch for this process.
 
     ``images`` is (B, H, W, 3) ``uint8`` numpy by default (or ``(clean, images, images2)`` for
-    a ``--jsd`` output); ``reader_options`` go to :class:`ShardReader`. ``prefetch_batches``
-    batches are read ahead in a thread (0: none). ``device_put``: ``None`` yields numpy,
-    ``True`` calls ``jax.device_put`` on each batch, a ``Sharding`` builds global arrays with
-    ``jax.make_array_from_process_local_data`` (the batch is this process's share).
+    a ``--jsd`` output). ``options`` are the epoch plan's (``shuffle``, ``seed``,
+    ``epoch_mode``; see :class:`~ipmix_cli.readers.plan.EpochPlan`) and, with a path, the
+    reader's. ``prefetch_batches`` batches are read ahead in a thread (0: none).
+    ``device_put``: ``None`` yields numpy, ``True`` calls ``jax.device_put`` on each batch, a
+    ``Sharding`` builds global arrays with ``jax.make_array_from_process_local_data`` (the
+    batch is this process's share).
     """
+    plan_options, reader_options = EpochPlan.split_options(options)
     reader = _reader(source, reader_options)
     rank, world_size = _process(rank, world_size)
-    rows = reader.epoch_rows(
-        epoch,
-        shuffle=shuffle,
-        seed=seed,
-        rank=rank,
-        world_size=world_size,
-        even=even if world_size > 1 else None,
-        epoch_mode=epoch_mode,
-    )
+    plan = reader.plan(rank=rank, world_size=world_size, even=even, **plan_options)
     place = _placer(device_put)
 
     def read_all() -> Iterator[tuple[Any, ...]]:
-        for part in batch_slices(len(rows), batch_size, drop_last):
-            yield reader.read_batch(rows[part])
+        for rows in plan.batch_rows(epoch, batch_size, drop_last):
+            yield reader.read_batch(rows)
 
     for batch in prefetch(read_all(), prefetch_batches):
         yield batch if place is None else place(batch)
@@ -156,14 +144,11 @@ def grain_dataset(
     *,
     epoch: int = 0,
     epochs: int = 1,
-    shuffle: bool = True,
-    seed: int = 0,
     rank: int | None = None,
     world_size: int | None = None,
     drop_last: bool = True,
     even: Even = "pad",
-    epoch_mode: EpochMode = "copy",
-    **reader_options: Any,
+    **options: Any,
 ) -> Any:
     """A ``grain.MapDataset`` whose item ``i`` is batch ``i`` of epochs ``epoch ..
     epoch + epochs - 1`` (same plan and options as :func:`batches`).
@@ -174,56 +159,23 @@ def grain_dataset(
     """
     import grain
 
+    plan_options, reader_options = EpochPlan.split_options(options)
     reader = _reader(source, reader_options)
     rank, world_size = _process(rank, world_size)
-    even = even if world_size > 1 else None
-    plan = _EpochPlan(reader, epoch, shuffle, seed, rank, world_size, even, epoch_mode)
-    slices = batch_slices(len(plan.rows(epoch)), batch_size, drop_last)
+    plan = reader.plan(rank=rank, world_size=world_size, even=even, **plan_options)
+    slices = batch_slices(plan.rows_per_epoch(), batch_size, drop_last)
     steps = len(slices) * int(epochs)
-    return grain.MapDataset.range(steps).map(_ReadStep(reader, plan, slices))
-
-
-class _EpochPlan:
-    """Rows of each epoch for one rank, the last few cached (picklable for grain workers)."""
-
-    def __init__(
-        self,
-        reader: ShardReader,
-        first: int,
-        shuffle: bool,
-        seed: int,
-        rank: int,
-        world_size: int,
-        even: Even,
-        epoch_mode: EpochMode,
-    ) -> None:
-        self.reader, self.first = reader, first
-        self.options = {
-            "shuffle": shuffle,
-            "seed": seed,
-            "rank": rank,
-            "world_size": world_size,
-            "even": even,
-            "epoch_mode": epoch_mode,
-        }
-        self._cache: dict[int, np.ndarray] = {}
-
-    def rows(self, epoch: int) -> np.ndarray:
-        rows = self._cache.get(epoch)
-        if rows is None:
-            rows = self.reader.epoch_rows(epoch, **self.options)
-            if len(self._cache) >= 4:
-                self._cache.clear()
-            self._cache[epoch] = rows
-        return rows
+    return grain.MapDataset.range(steps).map(_ReadStep(reader, plan, epoch, slices))
 
 
 class _ReadStep:
     """Step number -> batch (a picklable callable for ``MapDataset.map``)."""
 
-    def __init__(self, reader: ShardReader, plan: _EpochPlan, slices: list[slice]) -> None:
-        self.reader, self.plan, self.slices = reader, plan, slices
+    def __init__(
+        self, reader: ShardReader, plan: EpochPlan, first: int, slices: list[slice]
+    ) -> None:
+        self.reader, self.plan, self.first, self.slices = reader, plan, first, slices
 
     def __call__(self, step: int) -> tuple[Any, ...]:
         e, b = divmod(int(step), len(self.slices))
-        return self.reader.read_batch(self.plan.rows(self.plan.first + e)[self.slices[b]])
+        return self.reader.read_batch(self.plan.rows(self.first + e)[self.slices[b]])

@@ -21,13 +21,13 @@ serialised into a SavedModel or shipped to tf.data service workers; use it for i
 from __future__ import annotations
 
 import os
-import threading
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from ipmix_cli.readers.numpy_reader import EpochMode, Even, ShardReader, batch_slices
+from ipmix_cli.readers.numpy_reader import ShardReader
+from ipmix_cli.readers.plan import EpochPlan, batch_slices
 
 __all__ = ["dataset", "element_spec"]
 
@@ -62,64 +62,38 @@ def dataset(
     *,
     epoch: int = 0,
     epochs: int | None = 1,
-    shuffle: bool = True,
-    seed: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
     drop_last: bool = False,
-    even: Even = None,
-    epoch_mode: EpochMode = "copy",
     num_parallel_calls: int | None = None,
     deterministic: bool = True,
     prefetch: int | None = None,
-    **reader_options: Any,
+    **options: Any,
 ) -> tf.data.Dataset:
     """Batches of ``epochs`` epochs starting at ``epoch`` (``epochs=None``: endless, for
     ``model.fit(..., steps_per_epoch=...)``).
 
-    ``source`` is the entry file or a :class:`ShardReader`; ``reader_options`` (``views``,
-    ``extras``, ``dtype``, ``normalize``, ``channels_first``, ...) go to the reader. Epoch,
-    shuffle, rank and ``even`` options are those of :func:`ipmix_cli.readers.epoch_rows`; with
-    ``drop_last`` every batch has exactly ``batch_size`` rows and the batch dimension is static.
+    ``source`` is the entry file or a :class:`ShardReader`. ``options`` are the epoch plan's
+    (``shuffle``, ``seed``, ``rank``, ``world_size``, ``even``, ``epoch_mode``; see
+    :class:`~ipmix_cli.readers.plan.EpochPlan`) and, with a path, the reader's (``views``,
+    ``extras``, ``dtype``, ``normalize``, ``channels_first``, ...). With ``drop_last`` every
+    batch has exactly ``batch_size`` rows and the batch dimension is static.
     ``num_parallel_calls`` and ``prefetch`` default to ``tf.data.AUTOTUNE``; ``deterministic``
     keeps batch order (set ``False`` to trade order for throughput).
     """
+    plan_options, reader_options = EpochPlan.split_options(options)
     reader = _reader(source, reader_options)
+    plan = reader.plan(**plan_options)
     autotune = tf.data.AUTOTUNE
-    per_rank = len(
-        reader.epoch_rows(
-            0, shuffle=False, rank=rank, world_size=world_size, even=even, epoch_mode=epoch_mode
-        )
-    )
-    slices = batch_slices(per_rank, batch_size, drop_last)
+    slices = batch_slices(plan.rows_per_epoch(), batch_size, drop_last)
     if not slices:
-        raise ValueError(f"{reader.path}: no batches ({per_rank} rows per epoch, drop_last)")
+        raise ValueError(
+            f"{reader.path}: no batches ({plan.rows_per_epoch()} rows per epoch, drop_last)"
+        )
     steps_per_epoch = len(slices)
     fields = reader.fields()
-    plans: dict[int, np.ndarray] = {}
-    lock = threading.Lock()
-
-    def plan(e: int) -> np.ndarray:
-        with lock:
-            rows = plans.get(e)
-            if rows is None:
-                rows = reader.epoch_rows(
-                    e,
-                    shuffle=shuffle,
-                    seed=seed,
-                    rank=rank,
-                    world_size=world_size,
-                    even=even,
-                    epoch_mode=epoch_mode,
-                )
-                plans[e] = rows
-                for old in [k for k in plans if k < e - 2]:  # parallel calls span <= 2 epochs
-                    del plans[old]
-            return rows
 
     def read(step: np.int64) -> list[np.ndarray]:
         e, b = divmod(int(step), steps_per_epoch)
-        arrays = reader.read(plan(epoch + e)[slices[b]])
+        arrays = reader.read(plan.rows(epoch + e)[slices[b]])
         return [arrays[name] for name, _, _ in fields]
 
     static_batch = batch_size if drop_last else None

@@ -39,13 +39,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ipmix_cli.readers.numpy_reader import (
-    EpochMode,
-    Even,
-    ShardReader,
-    batch_slices,
-    epoch_rows,
-)
+from ipmix_cli.readers.numpy_reader import ShardReader
+from ipmix_cli.readers.plan import EpochPlan, Even, batch_slices, even_for
+from ipmix_cli.shards.layout import row_of
 
 __all__ = ["CopySampler", "ShardBatchSampler", "ShardDataset", "ShardSampler"]
 
@@ -117,33 +113,22 @@ class ShardDataset(Dataset):
         self,
         batch_size: int,
         *,
-        shuffle: bool = True,
-        seed: int = 0,
         epoch: int = 0,
-        rank: int | None = None,
-        world_size: int | None = None,
         drop_last: bool = False,
         even: Even | Literal["auto"] = "auto",
-        epoch_mode: EpochMode = "copy",
-        **dataloader_options: Any,
+        **options: Any,
     ) -> DataLoader:
         """A ``DataLoader`` whose workers read whole batches (no per-row collation).
 
-        ``loader.sampler`` is a :class:`ShardBatchSampler`: call ``loader.sampler.set_epoch(e)``
-        (or let each pass advance it). ``dataloader_options`` go to ``DataLoader``
+        ``options`` are the epoch plan's (``shuffle``, ``seed``, ``rank``, ``world_size``,
+        ``epoch_mode``; see :class:`~ipmix_cli.readers.plan.EpochPlan`) and ``DataLoader``'s
         (``num_workers``, ``pin_memory``, ``persistent_workers``, ``prefetch_factor``, ...).
+        ``loader.sampler`` is a :class:`ShardBatchSampler`: call
+        ``loader.sampler.set_epoch(e)`` (or let each pass advance it).
         """
+        plan_options, dataloader_options = EpochPlan.split_options(options)
         sampler = ShardBatchSampler(
-            self,
-            batch_size,
-            shuffle=shuffle,
-            seed=seed,
-            epoch=epoch,
-            rank=rank,
-            world_size=world_size,
-            drop_last=drop_last,
-            even=even,
-            epoch_mode=epoch_mode,
+            self, batch_size, epoch=epoch, drop_last=drop_last, even=even, **plan_options
         )
         return DataLoader(self, sampler=sampler, batch_size=None, **dataloader_options)
 
@@ -172,7 +157,8 @@ def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]
 
 class ShardSampler(Sampler[int]):
     """Rows of one epoch per pass: copy ``epoch % copies`` (``epoch_mode="copy"``) or every
-    row (``"all"``), shuffled with ``(seed, epoch)``, this rank's disjoint share.
+    row (``"all"``), shuffled with ``(seed, epoch)``, this rank's disjoint share; the plan
+    options are those of :class:`~ipmix_cli.readers.plan.EpochPlan`.
 
     ``rank`` / ``world_size`` default to the initialised ``torch.distributed`` group (else one
     process). ``even="auto"`` behaves like ``DistributedSampler``: with several ranks every
@@ -185,26 +171,28 @@ class ShardSampler(Sampler[int]):
         self,
         data_source: ShardDataset | ShardReader,
         *,
-        shuffle: bool = True,
-        seed: int = 0,
         epoch: int = 0,
-        rank: int | None = None,
-        world_size: int | None = None,
         drop_last: bool = False,
         even: Even | Literal["auto"] = "auto",
-        epoch_mode: EpochMode = "copy",
+        rank: int | None = None,
+        world_size: int | None = None,
+        **options: Any,
     ) -> None:
         self.reader = _reader(data_source)
-        self.shuffle = shuffle
-        self.seed = int(seed)
+        rank, world_size = _rank_and_world(rank, world_size)
+        self.plan = self.reader.plan(
+            rank=rank, world_size=world_size, even=even_for(even, world_size, drop_last), **options
+        )
         self.epoch = int(epoch)
-        self.rank, self.world_size = _rank_and_world(rank, world_size)
-        if even == "auto":
-            even = None if self.world_size == 1 else ("drop" if drop_last else "pad")
-        self.even: Even = even
         self.drop_last = drop_last
-        self.epoch_mode: EpochMode = epoch_mode
-        self.rows(0)  # validate the options now
+
+    @property
+    def rank(self) -> int:
+        return self.plan.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.plan.world_size
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next pass read epoch ``epoch`` (later passes continue from there)."""
@@ -212,17 +200,7 @@ class ShardSampler(Sampler[int]):
 
     def rows(self, epoch: int) -> np.ndarray:
         """The rows this rank reads in ``epoch``, in order."""
-        return epoch_rows(
-            self.reader.num_sources,
-            self.reader.copies,
-            epoch,
-            shuffle=self.shuffle,
-            seed=self.seed,
-            rank=self.rank,
-            world_size=self.world_size,
-            even=self.even,
-            epoch_mode=self.epoch_mode,
-        )
+        return self.plan.rows(epoch)
 
     def next_rows(self) -> np.ndarray:
         """Rows of the current epoch, then advance to the next epoch."""
@@ -234,18 +212,7 @@ class ShardSampler(Sampler[int]):
         return iter(self.next_rows().tolist())
 
     def __len__(self) -> int:
-        return len(
-            epoch_rows(
-                self.reader.num_sources,
-                self.reader.copies,
-                0,
-                shuffle=False,
-                rank=self.rank,
-                world_size=self.world_size,
-                even=self.even,
-                epoch_mode=self.epoch_mode,
-            )
-        )
+        return self.plan.rows_per_epoch()
 
 
 class ShardBatchSampler(Sampler[np.ndarray]):
@@ -305,12 +272,12 @@ class CopySampler(Sampler[int]):
         if hasattr(self.base, "set_epoch"):
             self.base.set_epoch(epoch)
         n = self.reader.num_sources
-        offset = (epoch % self.reader.copies) * n
+        copy = epoch % self.reader.copies
         for source in self.base:
             s = int(source)
             if not 0 <= s < n:
                 raise IndexError(f"base sampler gave input index {s}, outside 0..{n - 1}")
-            yield offset + s
+            yield row_of(copy, s, n)
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]

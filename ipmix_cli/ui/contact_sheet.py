@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from ipmix_cli.fs.atomic import atomic_path
 
 
 def contact_sheet(
@@ -50,3 +53,9 @@ def contact_sheet(
                 fill=(230, 230, 230),
             )
     return sheet
+
+
+def save_png_atomic(image: Image.Image, path: Path) -> None:
+    """Save ``image`` as PNG at ``path``: complete or not at all."""
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")

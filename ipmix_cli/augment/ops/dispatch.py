@@ -1,7 +1,7 @@
-"""Image-level operations of IPMix (AugMix's list), as numba kernels with Pillow's semantics.
+"""Which image op a recipe draw means: the op list, its order, and each op's parameter.
 
-The kernels live in ``ops_point`` (equalize, posterize, solarize, invert, mirror,
-autocontrast), ``ops_geometry`` (bilinear affine and rotate) and ``ops_enhance`` (color,
+The kernels live beside this module in ``point`` (equalize, posterize, solarize, invert,
+mirror, autocontrast), ``geometry`` (bilinear affine and rotate) and ``enhance`` (color,
 contrast, brightness, sharpness); all of them are bit-identical to Pillow (verified on 13.0)
 for uint8 RGB images of any H x W. This module fixes the op order and maps the recipe's
 severity draw to each op's parameter.
@@ -18,9 +18,9 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from ipmix_cli.augment.ops_enhance import brightness, color, contrast, sharpness
-from ipmix_cli.augment.ops_geometry import affine, rotate
-from ipmix_cli.augment.ops_point import autocontrast, equalize, invert, mirror, posterize, solarize
+from ipmix_cli.augment.ops.enhance import brightness, color, contrast, sharpness
+from ipmix_cli.augment.ops.geometry import affine, rotate
+from ipmix_cli.augment.ops.point import autocontrast, equalize, invert, mirror, posterize, solarize
 
 # Order matters: the default list is the first 10, ``all_ops`` uses all 15.
 OP_NAMES: tuple[str, ...] = (

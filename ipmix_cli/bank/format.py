@@ -1,0 +1,113 @@
+"""A bank's layout: a folder that loads as an image folder, or one HDF5 file, plus a manifest.
+
+::
+
+    BANK/fractals/00000.png ...   PNG output: one class folder, what reference training
+                                  scripts expect as their mixing set
+    BANK/fractals.h5              HDF5 output: ``images`` (N, S, S, 3) uint8 and ``records``
+    BANK/manifest.json            every image's IFS record and seed, so any image can be
+                                  re-rendered at another size (``ipmix fractals render``)
+
+The manifest is written last: a folder without one is not a (complete) bank.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+from PIL import Image
+
+from ipmix_cli import __version__
+from ipmix_cli.errors import BankError
+from ipmix_cli.fs.atomic import atomic_path
+
+MANIFEST = "manifest.json"
+IMAGE_DIR = "fractals"
+H5_NAME = "fractals.h5"
+BANK_FORMAT_VERSION = 1
+FORMATS = ("png", "h5")
+
+
+def image_name(index: int, count: int) -> str:
+    """Zero-padded so names sort in index order (at least 5 digits, more for huge banks)."""
+    width = max(5, len(str(max(count - 1, 0))))
+    return f"{index:0{width}d}.png"
+
+
+def build_manifest(
+    *,
+    image_format: str,
+    count: int,
+    seed: int,
+    options: dict[str, Any],
+    png_compress_level: int,
+    records: list[dict],
+) -> dict[str, Any]:
+    """The manifest of a finished bank (``records`` in image order)."""
+    return {
+        "tool": "ipmix",
+        "version": __version__,
+        "bank_format_version": BANK_FORMAT_VERSION,
+        "format": image_format,
+        "count": count,
+        "seed": seed,
+        "options": options,
+        "png_compress_level": png_compress_level,
+        "records": records,
+    }
+
+
+def write_h5(
+    path: Path, manifest: dict[str, Any], size: int, blocks: Iterable[tuple[int, np.ndarray]]
+) -> None:
+    """Write the HDF5 bank atomically from ``(start, images)`` blocks covering every image."""
+    count = manifest["count"]
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+        images = h5.create_dataset(
+            "images", shape=(count, size, size, 3), dtype=np.uint8, chunks=(1, size, size, 3)
+        )
+        for start, block in blocks:
+            images[start : start + len(block)] = block
+        h5.create_dataset(
+            "records",
+            data=np.array([json.dumps(r) for r in manifest["records"]], dtype=object),
+            dtype=h5py.string_dtype(),
+        )
+        for key in ("tool", "version", "bank_format_version", "format", "count", "seed"):
+            h5.attrs[key] = manifest[key]
+        h5.attrs["options"] = json.dumps(manifest["options"], sort_keys=True)
+
+
+def load_manifest(bank: Path) -> dict:
+    """Read a complete bank's manifest, with a clear error for anything else."""
+    path = bank / MANIFEST if bank.is_dir() else bank
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BankError(f"{path}: no manifest (not a bank, or an unfinished one)") from None
+    except (OSError, ValueError) as error:
+        raise BankError(f"{path}: unreadable manifest ({error})") from error
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("tool") != "ipmix"
+        or "records" not in manifest
+    ):
+        raise BankError(f"{path}: not an ipmix fractal-bank manifest")
+    return manifest
+
+
+def read_bank_images(bank: Path, limit: int | None = None) -> list[np.ndarray]:
+    """The first ``limit`` images of a complete bank, whatever its format (for previews)."""
+    manifest = load_manifest(bank)
+    count = manifest["count"] if limit is None else min(limit, manifest["count"])
+    if manifest["format"] == "h5":
+        with h5py.File(bank / H5_NAME, "r") as h5:
+            return list(h5["images"][:count])
+    return [
+        np.asarray(Image.open(bank / r["file"]).convert("RGB")) for r in manifest["records"][:count]
+    ]

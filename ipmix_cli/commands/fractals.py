@@ -1,0 +1,113 @@
+"""``ipmix fractals generate`` and ``ipmix fractals render``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import numpy as np
+from PIL import Image
+
+from fractals import FractalOptions, render_record
+from ipmix_cli import kernel_caches
+from ipmix_cli.bank.format import load_manifest, read_bank_images
+from ipmix_cli.commands import RunOptions
+from ipmix_cli.errors import BankError, OutputError
+from ipmix_cli.jobs.bank_job import BankSpec, generate_bank
+from ipmix_cli.jobs.parallel import backend_session, resolve_backend
+from ipmix_cli.ui.contact_sheet import contact_sheet, save_png_atomic
+from ipmix_cli.ui.progress import progress_bar
+
+PREVIEW_IMAGES = 64
+
+
+def bank_spec(
+    out: Path,
+    count: int = 1000,
+    size: int = 256,
+    points: int = 100_000,
+    seed: int = 0,
+    background: str = "plasma",
+    image_format: str = "png",
+    render: str = "patch",
+    fractals_per_image: int = 1,
+    instances: int = 1,
+    blur: bool = False,
+    flips: bool = True,
+    min_fill: float | None = None,
+    png_compression: int = 1,
+) -> BankSpec:
+    """The :class:`BankSpec` that ``ipmix fractals generate``'s options describe (defaults
+    are the CLI's)."""
+    option_values = {
+        "size": size,
+        "points": points,
+        "background": background,
+        "patch": render == "patch",
+        "fractals_per_image": fractals_per_image,
+        "instances": instances,
+        "blur": blur,
+        "flips": flips,
+    }
+    if min_fill is not None:
+        option_values["min_fill"] = min_fill
+    return BankSpec(
+        out=out,
+        count=count,
+        seed=seed,
+        options=FractalOptions(**option_values),
+        image_format=image_format,
+        png_compress_level=png_compression,
+    )
+
+
+def generate_fractals(spec: BankSpec, run: RunOptions, preview: Path | None = None) -> None:
+    """``ipmix fractals generate``: render the bank, then an optional contact sheet."""
+    kernel_caches.refresh()
+    if run.overwrite and run.resume:
+        raise BankError(f"{spec.out}: choose one of --overwrite and --resume")
+    backend = resolve_backend(run.backend, run.scheduler)
+    if preview is not None and preview.exists() and not run.overwrite:
+        raise OutputError(preview, "preview file exists; pass --overwrite to replace it")
+    with (
+        backend_session(backend, run.scheduler),
+        progress_bar(spec.count, "fractals", enabled=not run.quiet) as bar,
+    ):
+        summary = generate_bank(
+            spec,
+            jobs=run.jobs,
+            overwrite=run.overwrite,
+            resume=run.resume,
+            on_progress=bar.update,
+            backend=backend,
+        )
+    size = spec.options.size
+    if preview is not None:
+        images = read_bank_images(spec.out, limit=PREVIEW_IMAGES)
+        save_png_atomic(contact_sheet(images, columns=8, cell=min(size, 128)), preview)
+    reused = f", {summary.reused} reused from the interrupted run" if summary.reused else ""
+    click.echo(
+        f"{summary.images} fractals ({size}x{size}, {spec.image_format}) in {spec.out}: "
+        f"{summary.rendered} rendered in {summary.seconds:.1f} s "
+        f"({summary.rate:.0f} images/s){reused}" + (f"; preview {preview}" if preview else "")
+    )
+
+
+def render_fractals(
+    bank: Path, indices: tuple[int, ...], size: int | None, out: Path, overwrite: bool
+) -> None:
+    """``ipmix fractals render``: re-render chosen images from the bank's manifest."""
+    kernel_caches.refresh()
+    manifest = load_manifest(bank)
+    records = manifest["records"]
+    for index in indices:
+        if index >= len(records):
+            raise BankError(f"{bank}: no image {index} (the bank holds {len(records)})")
+    out.mkdir(parents=True, exist_ok=True)
+    for index in indices:
+        target = out / f"{index:05d}.png"
+        if target.exists() and not overwrite:
+            raise OutputError(target, "exists; pass --overwrite to replace it")
+        image = render_record(records[index], size=size)
+        save_png_atomic(Image.fromarray(np.ascontiguousarray(image)), target)
+        click.echo(str(target))

@@ -1,0 +1,1 @@
+"""File-system safety: atomic writes, durable renames, and the temporary names they use."""

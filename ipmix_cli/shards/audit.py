@@ -1,0 +1,202 @@
+"""Checking an output end to end (``ipmix verify``) and describing it (``ipmix inspect``)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ipmix_cli.errors import one_line
+from ipmix_cli.shards.attrs import decode_attr
+from ipmix_cli.shards.checksum import file_checksum, method_of
+from ipmix_cli.shards.layout import (
+    IMAGE_DATASETS,
+    INDEX_DATASETS,
+    SHARD_KIND,
+    datasets_for,
+    shard_dir,
+)
+from ipmix_cli.shards.manifest import ShardRecord, read_manifest
+
+
+@dataclass
+class VerifyReport:
+    """Result of :func:`verify`: ``faults`` (data problems) and ``warnings`` (harmless leftovers).
+
+    Each entry is a one-line message starting with the file it is about.
+    """
+
+    path: str
+    count: int = 0
+    num_shards: int = 0
+    shards_checked: int = 0
+    faults: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when no fault was found."""
+        return not self.faults
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        d = asdict(self)
+        d["ok"] = self.ok
+        return d
+
+
+def _verify_shard(
+    p: Path,
+    rec: ShardRecord,
+    mode: str,
+    image_shape: Sequence[int],
+    n_classes: int,
+    deep: bool,
+) -> list[str]:
+    faults: list[str] = []
+    name = str(p)
+    if not p.is_file():
+        return [
+            f"{name}: shard is missing (recorded {rec.count} images; plain HDF5 readers "
+            "see zero images and label -1 there)"
+        ]
+    want_sets = datasets_for(mode)
+    n = rec.count
+    try:
+        with h5py.File(p, "r") as f:
+            a = {k: decode_attr(v) for k, v in f.attrs.items()}
+            if a.get("kind") != SHARD_KIND:
+                faults.append(f"{name}: not an ipmix shard (kind={a.get('kind')!r})")
+            if a.get("shard_index") != rec.index:
+                faults.append(f"{name}: shard_index {a.get('shard_index')} != {rec.index}")
+            if a.get("count") != n:
+                faults.append(f"{name}: count attribute {a.get('count')}, entry records {n}")
+            if a.get("checksum") != rec.checksum:
+                faults.append(f"{name}: stored checksum differs from the entry's record")
+            h, w = int(image_shape[0]), int(image_shape[1])
+            for ds in want_sets:
+                if ds not in f:
+                    faults.append(f"{name}: dataset '{ds}' is missing")
+                    continue
+                dset = f[ds]
+                is_img = ds in IMAGE_DATASETS
+                shape = (n, h, w, 3) if is_img else (n,)
+                dtype = np.dtype(np.uint8) if is_img else np.dtype(np.int64)
+                if dset.shape != shape or dset.dtype != dtype:
+                    faults.append(
+                        f"{name}: '{ds}' is {dset.dtype} {dset.shape}, expected {dtype} {shape}"
+                    )
+            if faults:
+                return faults
+            for ds in INDEX_DATASETS:
+                values = f[ds][()]
+                if values.size and values.min() < 0:
+                    faults.append(f"{name}: '{ds}' has negative values")
+            labels = f["labels"][()]
+            if n_classes and labels.size and labels.max() >= n_classes:
+                faults.append(
+                    f"{name}: label {int(labels.max())} out of range for {n_classes} classes"
+                )
+            if deep:
+                actual = file_checksum(f, method_of(rec.checksum))
+                if actual != rec.checksum:
+                    faults.append(
+                        f"{name}: checksum mismatch (data changed or corrupt): "
+                        f"recorded {rec.checksum[:23]}..., computed {actual[:23]}..."
+                    )
+    except (OSError, KeyError, ValueError, RuntimeError) as error:
+        faults.append(f"{name}: unreadable (truncated or corrupt): {one_line(error, 160)}")
+    return faults
+
+
+def verify(entry_path: str | os.PathLike[str], *, deep: bool = True) -> VerifyReport:
+    """Check an output end to end and list every fault found (does not stop at the first).
+
+    Checks: every shard present and readable; attributes, dataset shapes and dtypes as the entry
+    records; data checksums match (``deep``; reads everything); labels within the class names;
+    counts add up; the entry's virtual datasets point at the recorded shard files. Raises
+    :class:`ShardError` only when ``entry_path`` is not a readable ipmix entry file at all.
+    """
+    entry = Path(entry_path).absolute()
+    manifest = read_manifest(entry)
+    shards = manifest.shards
+    report = VerifyReport(str(entry), count=manifest.count, num_shards=len(shards))
+    n_classes = len(manifest.class_names)
+    mode = manifest.mode
+    image_shape = manifest.image_shape
+    if sum(s.count for s in shards) != report.count:
+        report.faults.append(f"{entry}: shard counts do not add up to {report.count}")
+    try:
+        with h5py.File(entry, "r") as f:
+            dset = f["images"]
+            if dset.shape[0] != report.count:
+                report.faults.append(
+                    f"{entry}: 'images' has {dset.shape[0]} rows, not {report.count}"
+                )
+            mapped = [m.file_name for m in dset.virtual_sources()] if dset.is_virtual else []
+            if mapped != [s.file for s in shards]:
+                report.faults.append(f"{entry}: virtual datasets do not map the recorded shards")
+    except (OSError, KeyError, ValueError) as error:
+        report.faults.append(f"{entry}: unreadable entry datasets: {one_line(error, 160)}")
+    for rec in shards:
+        p = entry.parent / rec.file
+        report.faults.extend(_verify_shard(p, rec, mode, image_shape, n_classes, deep))
+        report.shards_checked += 1
+    folder = entry.parent / (manifest.shards_dir or shard_dir(entry).name)
+    known = {Path(s.file).name for s in shards}
+    if folder.is_dir():
+        for extra in sorted(folder.iterdir()):
+            if extra.name in known:
+                continue
+            if ".tmp-" in extra.name:
+                report.warnings.append(
+                    f"{extra}: leftover temporary file from an interrupted write"
+                )
+            else:
+                report.warnings.append(f"{extra}: not part of this output")
+    return report
+
+
+def inspect(entry_path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Summary of an output for humans and scripts (reads attributes only; never hashes).
+
+    Keys: path, format_version, tool_version, count, mode, num_shards, image_shape, class_names,
+    num_classes, bytes_on_disk (entry + shards present), missing_shards, config, seed, source,
+    skipped, shards (index, file, start, count, checksum, bytes, exists).
+    """
+    entry = Path(entry_path).absolute()
+    manifest = read_manifest(entry)
+    shards = []
+    total = entry.stat().st_size
+    missing = 0
+    for s in manifest.shards:
+        p = entry.parent / s.file
+        exists = p.is_file()
+        size = p.stat().st_size if exists else 0
+        missing += not exists
+        total += size
+        shards.append({**s.to_dict(), "bytes": size, "exists": exists})
+    names = list(manifest.class_names)
+    return {
+        "path": str(entry),
+        "format_version": manifest.format_version,
+        "tool_version": manifest.tool_version,
+        "count": manifest.count,
+        "mode": manifest.mode,
+        "num_shards": len(shards),
+        "image_shape": list(manifest.image_shape),
+        "class_names": names,
+        "num_classes": len(names),
+        "bytes_on_disk": total,
+        "missing_shards": missing,
+        "config": manifest.config,
+        "seed": manifest.seed,
+        "source": manifest.source,
+        "skipped": manifest.skipped or [],
+        "shards": shards,
+    }

@@ -1,0 +1,122 @@
+"""Shard checksums: what they cover, how they are computed, and recomputed from a file.
+
+Every shard carries a CRC-32 checksum of its datasets (also recorded in the entry manifest), so
+``verify`` catches bit rot, truncation and accidental edits. CRC-32 rather than a cryptographic
+hash: this guards against corruption, not an attacker, at a third of the cost. The recipe
+(:data:`CHECKSUM_METHOD`) is stored in every shard and in ``docs/format.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ipmix_cli.errors import ShardError, one_line
+
+CHECKSUM_ORDER = ("images", "clean", "images2", "labels", "source_index", "copy_index")
+"""Order in which datasets enter a shard checksum (absent ones are left out)."""
+
+CHECKSUM_METHOD = (
+    "crc32 (zlib's CRC-32, as in gzip and PNG), stored as 'crc32:' and 8 lower-case hex digits; "
+    "for each dataset present, in the order images, clean, images2, labels, source_index, "
+    "copy_index: the ASCII line '<name> <dtype> <d0>,<d1>,...\\n' then the raw C-order "
+    "little-endian bytes"
+)
+_HASH_BLOCK_BYTES = 64 * 1024 * 1024
+
+
+def _dtype_name(dtype: np.dtype) -> str:
+    return "uint8" if np.dtype(dtype) == np.uint8 else "int64"
+
+
+def _header(name: str, dtype: np.dtype, shape: Sequence[int]) -> bytes:
+    return f"{name} {_dtype_name(dtype)} {','.join(str(int(s)) for s in shape)}\n".encode("ascii")
+
+
+def _le(block: np.ndarray) -> np.ndarray:
+    """The bytes to hash, as a flat uint8 view (no copy for contiguous little-endian data:
+    copying each shard with ``tobytes`` cost as much as hashing it)."""
+    if block.dtype.kind == "i":
+        block = block.astype("<i8", copy=False)
+    return np.ascontiguousarray(block).reshape(-1).view(np.uint8)
+
+
+class _Crc32:
+    """A running CRC-32 with hashlib's interface.
+
+    Why CRC-32 rather than sha256: the checksum guards against corruption (truncation, bit
+    rot, a bad copy), not against tampering, and sha256 cost 7% of the whole 32 px job (and
+    twice as long in ``verify``); zlib's CRC-32 runs at ~3 GB/s and every language has it."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def update(self, data: Any) -> None:
+        self.value = zlib.crc32(data, self.value)
+
+    def hexdigest(self) -> str:
+        return f"{self.value:08x}"
+
+
+_HASHERS: dict[str, Callable[[], Any]] = {"crc32": _Crc32, "sha256": hashlib.sha256}
+"""Checksum methods by the prefix of a stored checksum; sha256 verifies shards written before
+the switch to crc32 (format version 1 allows either)."""
+
+
+def _hasher(method: str) -> Any:
+    try:
+        return _HASHERS[method]()
+    except KeyError:
+        raise ValueError(f"unknown checksum method {method!r}") from None
+
+
+def method_of(checksum: str) -> str:
+    return checksum.split(":", 1)[0] if ":" in checksum else ""
+
+
+def compute_checksum(arrays: Mapping[str, np.ndarray], method: str = "crc32") -> str:
+    """Checksum of in-memory shard arrays: ``"crc32:<hex>"`` (recipe: :data:`CHECKSUM_METHOD`)."""
+    digest = _hasher(method)
+    for name in CHECKSUM_ORDER:
+        if name in arrays:
+            arr = np.asarray(arrays[name])
+            digest.update(_header(name, arr.dtype, arr.shape))
+            digest.update(_le(arr))
+    return f"{method}:{digest.hexdigest()}"
+
+
+def file_checksum(f: h5py.File, method: str = "crc32") -> str:
+    digest = _hasher(method)
+    for name in CHECKSUM_ORDER:
+        if name not in f:
+            continue
+        dset = f[name]
+        digest.update(_header(name, dset.dtype, dset.shape))
+        n = dset.shape[0]
+        row = max(1, int(np.prod(dset.shape[1:], dtype=np.int64)) * dset.dtype.itemsize)
+        step = max(1, _HASH_BLOCK_BYTES // row)
+        if dset.chunks:
+            step = max(dset.chunks[0], step - step % dset.chunks[0])
+        for start in range(0, n, step):
+            digest.update(_le(dset[start : start + step]))
+    return f"{method}:{digest.hexdigest()}"
+
+
+def shard_checksum(path: str | os.PathLike[str], method: str | None = None) -> str:
+    """Recompute a shard file's checksum from its data (streams in 64 MiB blocks), by
+    ``method`` or else by the method of the checksum the shard stores."""
+    p = Path(path)
+    try:
+        with h5py.File(p, "r") as f:
+            stored = f.attrs.get("checksum", b"")
+            stored = stored.decode() if isinstance(stored, bytes) else str(stored)
+            return file_checksum(f, method or method_of(stored) or "crc32")
+    except (OSError, KeyError, ValueError) as error:
+        raise ShardError(p, f"unreadable (truncated or corrupt): {one_line(error, 160)}") from None

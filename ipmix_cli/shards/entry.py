@@ -1,0 +1,150 @@
+"""The entry file ``OUT.h5``: virtual datasets joining every shard, plus the manifest.
+
+The entry file joins shards with HDF5 *virtual datasets* using paths relative to the entry
+file, so plain h5py (or any HDF5 >= 1.10 reader) sees ``images`` as one (N, H, W, 3) array and
+the output folder can be moved as a whole. HDF5 fills a virtual dataset's missing source with
+its fill value: ``labels``, ``source_index`` and ``copy_index`` therefore use fill value -1
+(never a valid value), and our own readers check every shard before handing out data.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ipmix_cli.errors import ShardError
+from ipmix_cli.fs.atomic import atomic_path
+from ipmix_cli.shards.layout import (
+    ENTRY_KIND,
+    FILL_INDEX,
+    FORMAT_VERSION,
+    IMAGE_DATASETS,
+    datasets_for,
+    shard_dir,
+)
+from ipmix_cli.shards.manifest import Manifest
+from ipmix_cli.shards.shard_info import ShardInfo, read_shard_info
+
+
+def _tool_version() -> str:
+    try:
+        from ipmix_cli import __version__
+
+        return str(__version__)
+    except ImportError:  # pragma: no cover - package without a version attribute
+        return "unknown"
+
+
+class _UntimedLayout(h5py.VirtualLayout):
+    """h5py stamps virtual datasets with their creation time, so two identical runs would give
+    entry files that differ in four bytes; switching the stamp off keeps outputs byte-identical
+    (shards are written with ``track_times`` off for the same reason)."""
+
+    def _get_dcpl(self, dst_filename: str) -> Any:
+        dcpl = super()._get_dcpl(dst_filename)
+        dcpl.set_obj_track_times(False)
+        return dcpl
+
+
+def write_entry(
+    entry_path: str | os.PathLike[str],
+    shard_infos: Iterable[ShardInfo | Mapping[str, Any]],
+    about: Mapping[str, Any],
+    *,
+    class_names: Sequence[str] | None = None,
+) -> Manifest:
+    """Write the entry file ``OUT.h5`` joining the shards in ``OUT.shards/``; return its
+    :class:`~ipmix_cli.shards.manifest.Manifest`.
+
+    ``shard_infos`` (from ``write_shard`` / ``read_shard_info``) must number the shards
+    0..k-1; each shard must exist and carry the recorded count and checksum. ``about`` is the
+    job's account of the output (``config``, ``seed``, ``copies``, ``num_sources``, ``source``,
+    ``skipped``... see the manifest module); this function adds what it learns from the shards
+    (count, mode, image shape, class names, the shard list). The entry is written atomically.
+    """
+    entry = Path(entry_path)
+    infos = sorted(
+        (s if isinstance(s, ShardInfo) else ShardInfo.from_dict(s) for s in shard_infos),
+        key=lambda s: s.index,
+    )
+    if not infos:
+        raise ShardError(entry, "no shards to join")
+    if [s.index for s in infos] != list(range(len(infos))):
+        raise ShardError(entry, "shard indices must be 0..k-1 without gaps or repeats")
+    shapes = {s.image_shape for s in infos}
+    modes = {s.mode for s in infos}
+    if len(shapes) != 1 or len(modes) != 1:
+        raise ShardError(entry, f"shards disagree on image shape {shapes} or mode {modes}")
+    (h, w), mode = shapes.pop(), modes.pop()
+    folder = shard_dir(entry)
+    for s in infos:
+        on_disk = read_shard_info(folder / s.file)  # exists, readable, an ipmix shard
+        if (on_disk.count, on_disk.checksum) != (s.count, s.checksum):
+            raise ShardError(
+                folder / s.file,
+                f"holds {on_disk.count} images / {on_disk.checksum}, "
+                f"expected {s.count} / {s.checksum}",
+            )
+    names = list(class_names if class_names is not None else about.get("class_names") or [])
+    total = sum(s.count for s in infos)
+    starts = np.cumsum([0] + [s.count for s in infos])
+    rel_files = [f"{folder.name}/{s.file}" for s in infos]
+    fields = dict(about)
+    fields.update(
+        {
+            "format_version": FORMAT_VERSION,
+            "kind": ENTRY_KIND,
+            "tool": "ipmix",
+            "tool_version": _tool_version(),
+            "count": int(total),
+            "mode": mode,
+            "image_shape": [int(h), int(w), 3],
+            "class_names": names,
+            "shards_dir": folder.name,
+            "shards": [
+                {
+                    "index": s.index,
+                    "file": rel,
+                    "start": int(start),
+                    "count": s.count,
+                    "checksum": s.checksum,
+                }
+                for s, rel, start in zip(infos, rel_files, starts, strict=False)
+            ],
+        }
+    )
+    try:
+        manifest = Manifest.from_dict(fields, "the manifest to write")
+    except ValueError as error:
+        raise ShardError(entry, str(error)) from None
+    text = manifest.to_json()
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(entry) as tmp, h5py.File(tmp, "w") as f:
+        for name in datasets_for(mode):
+            is_image = name in IMAGE_DATASETS
+            shape = (total, h, w, 3) if is_image else (total,)
+            dtype = np.uint8 if is_image else np.int64
+            layout = _UntimedLayout(shape=shape, dtype=dtype)
+            for s, rel, start in zip(infos, rel_files, starts, strict=False):
+                src_shape = (s.count, h, w, 3) if is_image else (s.count,)
+                layout[int(start) : int(start) + s.count] = h5py.VirtualSource(
+                    rel, name, shape=src_shape
+                )
+            f.create_virtual_dataset(name, layout, fillvalue=0 if is_image else FILL_INDEX)
+        f.attrs["kind"] = ENTRY_KIND
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["count"] = int(total)
+        f.attrs["mode"] = mode
+        f.attrs["num_shards"] = len(infos)
+        f.attrs["shards_dir"] = folder.name
+        f.attrs["shard_files"] = np.array(rel_files, dtype=h5py.string_dtype())
+        f.attrs["shard_counts"] = np.array([s.count for s in infos], dtype=np.int64)
+        f.attrs["class_names"] = np.array(names, dtype=h5py.string_dtype())
+        f.attrs["manifest"] = text
+        f.flush()
+    return manifest

@@ -1,0 +1,84 @@
+"""The on-disk contract of an augment output: names, dataset names, versions, the row layout.
+
+Everything a reader in another language needs to know to find its way in an output is defined
+here once (and documented in ``docs/format.md``; keep the two in step and bump
+:data:`FORMAT_VERSION` on any incompatible change)::
+
+    OUT.h5                     entry file: virtual datasets over all shards + JSON manifest
+    OUT.shards/shard-00000.h5  one file per shard, written by the worker that made it, then renamed
+    OUT.shards/shard-00001.h5
+    ...
+
+Rows are laid out copy-major, ``row = copy * num_sources + source``, so that copy ``c`` of every
+source is one contiguous block: a reader serving epoch ``e`` reads block ``e mod copies``
+sequentially, and the job can give each shard a fixed range of rows. :func:`row_of` and
+:func:`copy_and_source` are the only places that formula is written.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+
+FORMAT_VERSION = 1
+"""Version of the shard/entry layout; readers refuse files with a larger number."""
+
+ENTRY_KIND = "ipmix-entry"
+SHARD_KIND = "ipmix-shard"
+STANDARD_DATASETS = ("images", "labels", "source_index", "copy_index")
+JSD_DATASETS = ("clean", "images2")
+IMAGE_DATASETS = ("images", "clean", "images2")
+INDEX_DATASETS = ("labels", "source_index", "copy_index")
+FILL_INDEX = -1
+"""Fill value of the index datasets in the entry file: what a plain HDF5 reader sees for a row
+whose shard is missing (never a valid label or index)."""
+
+ROW_LAYOUT = "copy-major: row = copy * num_sources + source"
+"""How rows are laid out, as recorded in every manifest."""
+
+RESERVED_ATTRS = frozenset(
+    {"kind", "format_version", "shard_index", "count", "checksum", "checksum_method", "mode"}
+)
+"""Shard attributes the format defines; extra attributes a writer adds may not reuse them."""
+
+SHARD_NAME = re.compile(r"^shard-(\d{5,})\.h5$")
+
+Rows = TypeVar("Rows", int, np.ndarray)
+
+
+def datasets_for(mode: str) -> tuple[str, ...]:
+    """The datasets an output of ``mode`` (``"standard"`` or ``"jsd"``) holds, in order."""
+    return STANDARD_DATASETS + (JSD_DATASETS if mode == "jsd" else ())
+
+
+def row_of(copy: Rows, source: Rows, num_sources: int) -> Rows:
+    """The output row holding copy ``copy`` of input ``source`` (ints or int64 arrays)."""
+    return copy * num_sources + source
+
+
+def copy_and_source(rows: Rows, num_sources: int) -> tuple[Rows, Rows]:
+    """Inverse of :func:`row_of`: ``(copy, source)`` of each output row."""
+    if isinstance(rows, np.ndarray):
+        copies, sources = np.divmod(rows, num_sources)
+        return copies, sources
+    return divmod(rows, num_sources)
+
+
+def shard_filename(index: int) -> str:
+    """``shard-00000.h5`` style name for shard ``index`` (at least five digits)."""
+    return f"shard-{int(index):05d}.h5"
+
+
+def shard_dir(entry_path: str | os.PathLike[str]) -> Path:
+    """The shard folder of an entry file: ``OUT.h5`` -> ``OUT.shards`` (same parent)."""
+    entry = Path(entry_path)
+    return entry.with_name(entry.stem + ".shards")
+
+
+def shard_path(entry_path: str | os.PathLike[str], index: int) -> Path:
+    """Where shard ``index`` of ``entry_path`` lives."""
+    return shard_dir(entry_path) / shard_filename(index)

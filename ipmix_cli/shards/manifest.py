@@ -1,0 +1,243 @@
+"""The manifest: what an entry file says about its output, as one typed, versioned object.
+
+Written in one place (``write_entry`` stores :meth:`Manifest.to_json`) and read in one place
+(:func:`read_manifest`, which every reader, ``verify`` and ``inspect`` use), so the schema lives
+here and nowhere else. Two kinds of fields:
+
+* the output's shape, filled in by ``write_entry`` from the shards it joins: ``count``,
+  ``mode``, ``image_shape``, ``class_names``, ``shards_dir``, ``shards``;
+* the job's account of how it was made (all optional, for entry files written by other tools
+  through ``write_entry``): ``config``, ``seed``, ``copies``, ``num_sources``,
+  ``rows_per_shard``, ``compression``, ``source``, ``mixing_set``, ``skipped``, ``job``.
+
+Keys this version does not know are kept in ``extra`` and written back unchanged, so a file
+from a newer minor version survives a round trip.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import h5py
+
+from ipmix_cli.errors import ShardError, one_line
+from ipmix_cli.shards.attrs import decode_attr, json_default
+from ipmix_cli.shards.layout import ENTRY_KIND, FORMAT_VERSION, ROW_LAYOUT
+
+TOOL = "ipmix"
+MODES = ("standard", "jsd")
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    """One shard as the entry file records it: ``file`` relative to the entry's folder."""
+
+    index: int
+    file: str
+    start: int
+    count: int
+    checksum: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "file": self.file,
+            "start": self.start,
+            "count": self.count,
+            "checksum": self.checksum,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str) -> ShardRecord:
+        if not isinstance(d, Mapping):
+            raise ValueError(f"{where} is not a mapping")
+        return cls(
+            index=_int(d, "index", where),
+            file=_str(d, "file", where),
+            start=_int(d, "start", where),
+            count=_int(d, "count", where),
+            checksum=_str(d, "checksum", where),
+        )
+
+
+# Fields the job records; None means "not recorded" and is left out of the JSON.
+_JOB_FIELDS = (
+    "config",
+    "seed",
+    "rows_per_shard",
+    "compression",
+    "source",
+    "mixing_set",
+    "skipped",
+    "job",
+)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything an entry file records about its output (see the module docstring)."""
+
+    count: int
+    mode: str
+    image_shape: tuple[int, int, int]
+    class_names: tuple[str, ...]
+    shards_dir: str
+    shards: tuple[ShardRecord, ...]
+    copies: int = 1
+    num_sources: int = 0
+    layout: str = ROW_LAYOUT
+    config: dict[str, Any] | None = None
+    seed: int | None = None
+    rows_per_shard: int | None = None
+    compression: str | None = None
+    source: dict[str, Any] | None = None
+    mixing_set: dict[str, Any] | None = None
+    skipped: list[list[str]] | None = None
+    job: str | None = None
+    format_version: int = FORMAT_VERSION
+    kind: str = ENTRY_KIND
+    tool: str = TOOL
+    tool_version: str = "unknown"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # -- derived -------------------------------------------------------------------------------
+    @property
+    def num_shards(self) -> int:
+        return len(self.shards)
+
+    @property
+    def shard_files(self) -> list[str]:
+        """Each shard's path relative to the entry file's folder, in index order."""
+        return [s.file for s in self.shards]
+
+    @property
+    def shard_counts(self) -> list[int]:
+        return [s.count for s in self.shards]
+
+    # -- serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-ready form stored in the entry file (unrecorded job fields left out)."""
+        out: dict[str, Any] = dict(self.extra)
+        out.update(
+            {
+                "format_version": self.format_version,
+                "kind": self.kind,
+                "tool": self.tool,
+                "tool_version": self.tool_version,
+                "count": self.count,
+                "mode": self.mode,
+                "image_shape": list(self.image_shape),
+                "class_names": list(self.class_names),
+                "shards_dir": self.shards_dir,
+                "shards": [s.to_dict() for s in self.shards],
+                "copies": self.copies,
+                "num_sources": self.num_sources,
+                "layout": self.layout,
+            }
+        )
+        for name in _JOB_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, default=json_default)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "manifest") -> Manifest:
+        """Parse and check a stored manifest; ``ValueError`` says which field is wrong."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"{where} is not a JSON object")
+        version = _int(d, "format_version", where)
+        if version > FORMAT_VERSION:
+            raise ValueError(
+                f"written in shard format {version}; this ipmix reads up to {FORMAT_VERSION}"
+            )
+        mode = _str(d, "mode", where, default="standard")
+        if mode not in MODES:
+            raise ValueError(f"{where}: unknown mode {mode!r}")
+        shape = d.get("image_shape")
+        if not (
+            isinstance(shape, Sequence)
+            and len(shape) == 3
+            and all(isinstance(v, int) and v > 0 for v in shape)
+        ):
+            raise ValueError(f"{where}: 'image_shape' must be three positive integers")
+        raw_shards = d.get("shards")
+        if not isinstance(raw_shards, list):
+            raise ValueError(f"{where}: 'shards' must be a list")
+        shards = tuple(
+            ShardRecord.from_dict(s, f"{where}: shard {i}") for i, s in enumerate(raw_shards)
+        )
+        names = d.get("class_names", [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"{where}: 'class_names' must be a list of strings")
+        count = _int(d, "count", where)
+        copies = _int(d, "copies", where, default=1)
+        if copies < 1:
+            raise ValueError(f"{where}: 'copies' must be at least 1")
+        known = {f.name for f in fields(cls)} - {"extra"}
+        values: dict[str, Any] = {
+            "count": count,
+            "mode": mode,
+            "image_shape": (int(shape[0]), int(shape[1]), int(shape[2])),
+            "class_names": tuple(names),
+            "shards_dir": _str(d, "shards_dir", where, default=""),
+            "shards": shards,
+            "copies": copies,
+            "num_sources": _int(d, "num_sources", where, default=count // copies),
+            "layout": _str(d, "layout", where, default=ROW_LAYOUT),
+            "format_version": version,
+            "kind": _str(d, "kind", where, default=ENTRY_KIND),
+            "tool": _str(d, "tool", where, default=TOOL),
+            "tool_version": _str(d, "tool_version", where, default="unknown"),
+        }
+        for name in _JOB_FIELDS:
+            values[name] = d.get(name)
+        values["extra"] = {k: v for k, v in d.items() if k not in known}
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "manifest") -> Manifest:
+        try:
+            data = json.loads(text)
+        except ValueError as error:
+            raise ValueError(f"{where} is not valid JSON ({error})") from None
+        return cls.from_dict(data, where)
+
+
+def _int(d: Mapping[str, Any], key: str, where: str, default: int | None = None) -> int:
+    value = d.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{where}: {key!r} must be an integer, got {value!r}")
+    return value
+
+
+def _str(d: Mapping[str, Any], key: str, where: str, default: str | None = None) -> str:
+    value = d.get(key, default)
+    if not isinstance(value, str):
+        raise ValueError(f"{where}: {key!r} must be a string, got {value!r}")
+    return value
+
+
+def read_manifest(entry: Path) -> Manifest:
+    """The manifest of the entry file ``entry``, after checking it is one we can read."""
+    if not entry.exists():
+        raise ShardError(entry, "output entry file does not exist")
+    try:
+        with h5py.File(entry, "r") as f:
+            kind = decode_attr(f.attrs.get("kind"))
+            text = decode_attr(f.attrs.get("manifest"))
+    except (OSError, ValueError) as error:
+        raise ShardError(entry, f"unreadable entry file: {one_line(error, 160)}") from None
+    if kind != ENTRY_KIND or not isinstance(text, str):
+        raise ShardError(entry, "not an ipmix output entry file (no kind='ipmix-entry')")
+    try:
+        return Manifest.from_json(text, "manifest attribute")
+    except ValueError as error:
+        raise ShardError(entry, one_line(error)) from None

@@ -1,0 +1,328 @@
+"""Array files: ``.npz``, ``.npy`` (memory-mapped) and HDF5 (our own outputs included).
+
+Images are one (N, H, W), (N, H, W, 1) or (N, H, W, 3) uint8 array; labels (N,) or (N, 1)
+integers. Uncompressed ``.npz`` members are memory-mapped in place, so a worker maps the pages
+it reads instead of loading a whole array into every process.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ipmix_cli.errors import IpmixError, SourceError, one_line
+from ipmix_cli.sources.base import (
+    ABANDONED_HANDLES,
+    LAZY_LOAD,
+    Source,
+    as_names,
+    check_labels,
+    class_names_for,
+    sha256_file,
+)
+
+
+def check_images(path: Path, key: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+    """Images must be uint8 (N, H, W), (N, H, W, 1) or (N, H, W, 3); say which rule broke."""
+    if np.dtype(dtype) != np.uint8:
+        raise SourceError(
+            path, f"'{key}' has dtype {np.dtype(dtype)}, expected uint8 (convert it first)"
+        )
+    ok = len(shape) == 3 or (len(shape) == 4 and shape[3] in (1, 3))
+    if not ok:
+        raise SourceError(
+            path,
+            f"'{key}' has shape {tuple(shape)}, expected (N, H, W, 3), (N, H, W, 1) or (N, H, W)",
+        )
+    if shape[0] == 0:
+        raise SourceError(path, f"'{key}' holds no images (shape {tuple(shape)})")
+
+
+class ArraySource(Source):
+    """Shared logic for sources whose images are one (N, H, W[, C]) uint8 array."""
+
+    image_key = "images"
+
+    def _set_images(self, key: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
+        check_images(self.path, key, shape, dtype)
+        self.image_key = key
+        self._shape = tuple(int(s) for s in shape)
+        self.image_size = (self._shape[1], self._shape[2])
+
+    def _array(self) -> Any:
+        """The images array-like for this process (loaded / mapped / opened lazily)."""
+        raise NotImplementedError
+
+    def _expand(self, block: np.ndarray) -> np.ndarray:
+        """(…, H, W[, 1|3]) -> (…, H, W, 3) given the stored rank."""
+        if len(self._shape) == 3:
+            return np.ascontiguousarray(np.repeat(block[..., None], 3, axis=-1))
+        if self._shape[3] == 1:
+            return np.ascontiguousarray(np.repeat(block, 3, axis=-1))
+        return np.ascontiguousarray(block)
+
+    def read(self, i: int) -> np.ndarray:
+        return self._expand(np.asarray(self._array()[self._index(i)]))
+
+    def read_batch(self, indices: Iterable[int]) -> np.ndarray:
+        idx = self._indices(indices)
+        if idx.size == 0:
+            h, w = self._shape[1], self._shape[2]
+            return np.zeros((0, h, w, 3), dtype=np.uint8)
+        return self._expand(self._take(idx))
+
+    def _take(self, idx: np.ndarray) -> np.ndarray:
+        """A contiguous ascending run (what a shard of the copy-major layout asks for) is read
+        as one slice: from a memory map that touches only those pages, in order."""
+        first = int(idx[0])
+        if idx[-1] - first + 1 == idx.size and (idx.size == 1 or bool(np.all(np.diff(idx) == 1))):
+            return np.asarray(self._array()[first : first + idx.size])
+        return np.asarray(self._array()[idx])
+
+    def _compute_fingerprint(self) -> dict[str, Any]:
+        files = {
+            str(p): {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in self._files()
+        }
+        return {"format": self.format, "path": str(self.path), "files": files}
+
+    def _files(self) -> list[Path]:
+        return [self.path]
+
+
+def _read_npy_header(handle: Any) -> tuple[tuple[int, ...], bool, np.dtype] | None:
+    """(shape, fortran order, dtype) of the .npy data starting at ``handle``'s position, which
+    is left at the first data byte; None for an .npy version numpy may add later."""
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+    else:
+        return None
+    return tuple(shape), bool(fortran), dtype
+
+
+def _npz_member_header(path: Path, key: str) -> tuple[tuple[int, ...], np.dtype] | None:
+    """Shape and dtype of ``key`` inside an .npz without loading the data (None if unknown)."""
+    try:
+        with zipfile.ZipFile(path) as zf, zf.open(key + ".npy") as member:
+            header = _read_npy_header(member)
+            return None if header is None else (header[0], header[2])
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile):
+        return None
+
+
+def _npz_member_memmap(path: Path, key: str) -> np.ndarray | None:
+    """Memory-map ``key`` of an uncompressed .npz in place (None if it is compressed or
+    unusual): ``np.savez`` stores members verbatim, so a worker maps the pages it reads instead
+    of loading the whole array (150 MB for CIFAR-10) into every process before its first shard."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            info = zf.getinfo(key + ".npy")
+            if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+                return None
+        with open(path, "rb") as handle:
+            handle.seek(info.header_offset)
+            local = handle.read(30)
+            if local[:4] != b"PK\x03\x04":
+                return None
+            name_len = int.from_bytes(local[26:28], "little")
+            extra_len = int.from_bytes(local[28:30], "little")
+            handle.seek(info.header_offset + 30 + name_len + extra_len)
+            header = _read_npy_header(handle)
+            if header is None:
+                return None
+            shape, fortran, dtype = header
+            offset = handle.tell()
+        member_end = info.header_offset + 30 + name_len + extra_len + info.file_size
+        count = int(np.prod(shape, dtype=np.int64))
+        if fortran or dtype.hasobject or offset + count * dtype.itemsize > member_end:
+            return None
+        if count == 0:
+            return np.zeros(shape, dtype=dtype)
+        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=tuple(shape))
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile):
+        return None
+
+
+class NpzSource(ArraySource):
+    """``.npz`` archives; the images array is loaded into memory once per process."""
+
+    format = "npz"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                keys = set(npz.files)
+                image_key = next((k for k in ("images", "x") if k in keys), None)
+                label_key = next((k for k in ("labels", "y") if k in keys), None)
+                if image_key is None or label_key is None:
+                    raise SourceError(
+                        path,
+                        "npz needs arrays 'images' (or 'x') and 'labels' (or 'y'); "
+                        f"found {', '.join(sorted(keys)) or 'none'}",
+                    )
+                header = _npz_member_header(path, image_key)
+                if header is None:  # unusual npy version: load once to learn the shape
+                    arr = npz[image_key]
+                    header = (arr.shape, arr.dtype)
+                self._set_images(image_key, *header)
+                self.labels = check_labels(path, npz[label_key], self._shape[0], label_key)
+                names = as_names(npz["class_names"]) if "class_names" in keys else []
+        except IpmixError:
+            raise
+        except (OSError, ValueError, zipfile.BadZipFile) as error:
+            raise SourceError(path, f"not a readable .npz file ({one_line(error)})") from None
+        self.class_names = class_names_for(path, self.labels, names)
+
+    def _array(self) -> np.ndarray:
+        arr = self.__dict__.get("_cache_images")
+        if arr is None:
+            with LAZY_LOAD:
+                arr = self.__dict__.get("_cache_images")
+                if arr is None:
+                    arr = _npz_member_memmap(self.path, self.image_key)
+                    if arr is None:  # compressed (np.savez_compressed): decompress it once
+                        with np.load(self.path, allow_pickle=False) as npz:
+                            arr = npz[self.image_key]
+                    self._cache_images = arr
+        return arr
+
+
+class NpySource(ArraySource):
+    """``.npy`` images (memory-mapped) + labels from a sibling or explicit ``.npy`` file."""
+
+    format = "npy"
+
+    def __init__(self, path: Path, *, labels_path: str | os.PathLike[str] | None = None) -> None:
+        super().__init__(path)
+        arr = _load_npy(path, mmap=True)
+        self._set_images("images", arr.shape, arr.dtype)
+        if labels_path is None:
+            lp = path.with_name(path.stem + "_labels.npy")
+            if not lp.is_file():
+                raise SourceError(
+                    path, f"no labels: expected sibling {lp.name} or an explicit labels path"
+                )
+        else:
+            lp = Path(labels_path).absolute()
+            if not lp.is_file():
+                raise SourceError(lp, "labels file does not exist")
+        self.labels_path = lp
+        self.labels = check_labels(lp, _load_npy(lp, mmap=False), self._shape[0])
+        names_path = path.with_name(path.stem + "_class_names.txt")
+        names: list[str] = []
+        if names_path.is_file():
+            names = [ln.strip() for ln in names_path.read_text("utf-8").splitlines() if ln.strip()]
+        self.class_names = class_names_for(path, self.labels, names)
+
+    def _array(self) -> np.ndarray:
+        arr = self.__dict__.get("_cache_images")
+        if arr is None:
+            arr = _load_npy(self.path, mmap=True)
+            self._cache_images = arr
+        return arr
+
+    def _files(self) -> list[Path]:
+        return [self.path, self.labels_path]
+
+    def _options(self) -> dict[str, Any]:
+        return {"labels_path": str(self.labels_path)}
+
+
+def _load_npy(path: Path, *, mmap: bool) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise SourceError(path, f"not a readable .npy file ({one_line(error)})") from None
+
+
+def _h5_strings(value: Any) -> list[str]:
+    if isinstance(value, (str, bytes)):
+        import json
+
+        text = value.decode() if isinstance(value, bytes) else value
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            return [text]
+        return as_names(parsed) if isinstance(parsed, list) else [text]
+    return as_names(np.asarray(value).ravel().tolist())
+
+
+class Hdf5Source(ArraySource):
+    """HDF5 files with ``images``/``labels`` (our own output entry files included)."""
+
+    format = "hdf5"
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        import h5py
+
+        from ipmix_cli import shards
+
+        try:
+            with h5py.File(path, "r") as f:
+                if f.attrs.get("kind") == shards.ENTRY_KIND:
+                    shards.check_output(path)  # no silently zero-filled missing shards
+                keys = set(f.keys())
+                image_key = next((k for k in ("images", "x") if k in keys), None)
+                label_key = next((k for k in ("labels", "y") if k in keys), None)
+                if image_key is None or label_key is None:
+                    raise SourceError(
+                        path,
+                        "HDF5 file needs datasets 'images' (or 'x') and 'labels' (or 'y'); "
+                        f"found {', '.join(sorted(keys)) or 'none'}",
+                    )
+                dset = f[image_key]
+                if not isinstance(dset, h5py.Dataset):
+                    raise SourceError(path, f"'{image_key}' is a group, not a dataset")
+                self._set_images(image_key, dset.shape, dset.dtype)
+                lab = f[label_key]
+                self.label_key = label_key
+                self.labels = check_labels(path, lab[()], self._shape[0], label_key)
+                raw = f.attrs.get("class_names", lab.attrs.get("class_names"))
+                names = _h5_strings(raw) if raw is not None else []
+        except IpmixError:
+            raise
+        except (OSError, ValueError, KeyError) as error:
+            raise SourceError(path, f"not a readable HDF5 file ({one_line(error)})") from None
+        self.class_names = class_names_for(path, self.labels, names)
+
+    def _array(self) -> Any:
+        handle = self.__dict__.get("_cache_h5")
+        if handle is not None and self.__dict__.get("_cache_pid") != os.getpid():
+            ABANDONED_HANDLES.append(handle)  # inherited through fork: do not touch
+            handle = None
+        if handle is None:
+            import h5py
+
+            with LAZY_LOAD:
+                handle = self.__dict__.get("_cache_h5")
+                if handle is None or self.__dict__.get("_cache_pid") != os.getpid():
+                    handle = h5py.File(self.path, "r")
+                    self._cache_h5 = handle
+                    self._cache_pid = os.getpid()
+        return handle[self.image_key]
+
+    def _take(self, idx: np.ndarray) -> np.ndarray:
+        """h5py wants increasing unique indices: read those (a slice if contiguous), reorder."""
+        dset = self._array()
+        uniq, inverse = np.unique(idx, return_inverse=True)
+        if uniq[-1] - uniq[0] + 1 == len(uniq):
+            block = dset[int(uniq[0]) : int(uniq[-1]) + 1]
+        else:
+            block = dset[uniq]
+        return block[inverse]
+
+    def close(self) -> None:
+        handle = self.__dict__.pop("_cache_h5", None)
+        if handle is not None and self.__dict__.get("_cache_pid") == os.getpid():
+            handle.close()
+        super().close()

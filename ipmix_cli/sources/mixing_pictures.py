@@ -1,0 +1,61 @@
+"""Loading a mixing set's pictures (a fractal bank folder, any picture folder, or HDF5)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ipmix_cli.errors import IpmixError, SourceError, one_line
+from ipmix_cli.sources.arrays import check_images
+from ipmix_cli.sources.base import is_hidden
+from ipmix_cli.sources.decode import decode_image, is_image_name
+from ipmix_cli.sources.detect import HDF5_SUFFIXES
+
+
+def open_mixing_set(path: str | os.PathLike[str], limit: int | None = None) -> list[np.ndarray]:
+    """Load a mixing set (e.g. a fractal bank) as a list of uint8 (H, W, 3) images.
+
+    ``path`` is a folder of pictures (searched recursively, sorted by relative path, hidden
+    entries skipped, non-image files such as ``manifest.json`` ignored; a folder with no pictures
+    but an HDF5 bank file such as ``fractals.h5`` uses that), or an HDF5 file with an ``images``
+    (N, H, W, 3) / (N, H, W) uint8 dataset. Images may differ in size. Any undecodable picture
+    is an error naming it: a mixing set is small and should be clean. ``limit`` keeps only the
+    first pictures (a preview need not decode a whole bank).
+    """
+    p = Path(path).absolute()
+    if not p.exists():
+        raise SourceError(p, "mixing set does not exist")
+    if p.is_dir():
+        files: list[Path] = []
+        for dirpath, dirnames, filenames in os.walk(p):
+            dirnames[:] = [d for d in dirnames if not is_hidden(d)]
+            files.extend(
+                Path(dirpath) / f for f in filenames if not is_hidden(f) and is_image_name(f)
+            )
+        files.sort(key=lambda f: f.relative_to(p).as_posix())
+        if files:
+            return [decode_image(f) for f in files[:limit]]
+        banks = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in HDF5_SUFFIXES)
+        if len(banks) == 1:
+            return open_mixing_set(banks[0], limit)
+        raise SourceError(p, "mixing set holds no images")
+    import h5py
+
+    try:
+        with h5py.File(p, "r") as f:
+            if "images" not in f:
+                raise SourceError(p, "mixing-set HDF5 file has no 'images' dataset")
+            dset = f["images"]
+            check_images(p, "images", dset.shape, dset.dtype)
+            arr = dset[:limit]
+    except IpmixError:
+        raise
+    except OSError as error:
+        raise SourceError(p, f"not a readable HDF5 file ({one_line(error)})") from None
+    if arr.ndim == 3:
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    elif arr.shape[3] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    return [np.ascontiguousarray(a) for a in arr]

@@ -1,0 +1,1 @@
+"""What a person sees: progress bars on stderr and contact sheets of images."""
