@@ -24,6 +24,7 @@ __all__ = [
     "ConfigError",
     "DaskError",
     "DecodeError",
+    "DiskFullError",
     "IpmixError",
     "OutputError",
     "ShardError",
@@ -93,6 +94,11 @@ class ConfigError(IpmixError, ValueError):
 class OutputError(IpmixError):
     """A file or folder a command would write cannot be written as asked: it exists and
     ``--overwrite`` was not given, it is not writable, or another run holds it."""
+
+
+class DiskFullError(OutputError):
+    """The file system ran out of space (or quota) while ipmix was writing. A job catches it
+    and adds what is kept and how to continue."""
 
 
 class AugmentError(IpmixError):

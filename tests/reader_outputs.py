@@ -59,4 +59,4 @@ def build_output(
 def plain_arrays(entry: Path) -> dict[str, np.ndarray]:
     """Every dataset of an output read with plain h5py through the entry file."""
     with h5py.File(entry, "r") as f:
-        return {name: f[name][()] for name in f}
+        return {name: f[name][()] for name in f if isinstance(f[name], h5py.Dataset)}

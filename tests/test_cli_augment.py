@@ -111,7 +111,7 @@ def test_npz_end_to_end_matches_engine_and_plain_h5py(
         np.testing.assert_array_equal(f["images"][()], images)
         np.testing.assert_array_equal(f["labels"][()], labels)
         np.testing.assert_array_equal(f["copy_index"][()], np.repeat([0, 1], N_IMAGES))
-        manifest = json.loads(f.attrs["manifest"])
+        manifest = json.loads(f["ipmix/manifest"][()])
     assert manifest["seed"] == 7 and manifest["copies"] == 2
     assert manifest["config"]["patch_overflow"] == "wrap"
     assert len(manifest["shards"]) == 5 and all(
@@ -477,7 +477,7 @@ def test_on_error_skip_lists_skipped_files(tmp_path: Path, bank: Path, arrays) -
     assert "broken.png" in result.output and "1 unreadable files skipped" in result.output
     with h5py.File(out, "r") as f:
         assert f["images"].shape[0] == N_IMAGES
-        manifest = json.loads(f.attrs["manifest"])
+        manifest = json.loads(f["ipmix/manifest"][()])
     assert any("broken.png" in entry[0] for entry in manifest["skipped"])
 
 

@@ -61,7 +61,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def shard_checksums(entry: Path) -> list[str]:
     with h5py.File(entry, "r") as f:
-        manifest = json.loads(f.attrs["manifest"])
+        manifest = json.loads(f["ipmix/manifest"][()])
     return [shard["checksum"] for shard in manifest["shards"]]
 
 

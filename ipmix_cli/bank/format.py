@@ -25,6 +25,7 @@ from PIL import Image
 from ipmix_cli import __version__
 from ipmix_cli.errors import BankError
 from ipmix_cli.fs.atomic import atomic_path
+from ipmix_cli.versions import byte_versions
 
 MANIFEST = "manifest.json"
 IMAGE_DIR = "fractals"
@@ -52,6 +53,7 @@ def build_manifest(
     return {
         "tool": "ipmix",
         "version": __version__,
+        "environment": byte_versions(),
         "bank_format_version": BANK_FORMAT_VERSION,
         "format": image_format,
         "count": count,

@@ -7,15 +7,59 @@ killed run leaves either the complete file or nothing, which is what makes ``--r
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+
+from ipmix_cli.errors import DiskFullError, OutputError
+
+TEMPORARY_NAME = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.tmp$")
+"""What :func:`temporary_sibling` names look like: ``.<final name>.<pid>.<8 hex>.tmp``."""
+
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 def temporary_sibling(path: Path) -> Path:
     """A unique temporary name in the same folder (same file system, so rename is atomic)."""
     return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def is_temporary_name(name: str) -> bool:
+    """Whether ``name`` is a temporary file of ours (left behind if a run was killed)."""
+    return TEMPORARY_NAME.match(name) is not None
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """ENOSPC or EDQUOT, however the library that hit it wrapped it."""
+    return isinstance(error, OSError) and error.errno in _NO_SPACE
+
+
+def write_error(path: Path, error: OSError) -> OutputError:
+    """The one-line error for a failed write of ``path`` (disk full told apart)."""
+    if is_disk_full(error):
+        return DiskFullError(f"no space left on device writing {path}")
+    return OutputError(path, f"cannot write ({error.strerror or error})")
+
+
+def write_new_file(path: Path, data: bytes | memoryview) -> None:
+    """Create ``path`` (a temporary name) holding ``data``, with plain system calls: a full disk
+    is then an ``OSError`` raised here, never a failure inside a library's own writer (HDF5's
+    leaves objects that crash the interpreter when they are freed)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
+    try:
+        view = memoryview(data).cast("B")
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        raise
+    os.close(fd)
 
 
 def fsync_path(path: Path) -> None:
@@ -60,10 +104,14 @@ def commit_temporary(tmp: Path, final: Path) -> None:
     fsync_dir(final.parent)
 
 
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes | memoryview) -> None:
+    """Write ``data`` to ``path`` atomically; a failure is one line naming ``path``."""
+    final = Path(path)
+    try:
+        with atomic_path(final) as tmp:
+            write_new_file(tmp, data)
+    except OSError as error:
+        raise write_error(final, error) from None
 
 
 def remove_stale_temporaries(folder: Path) -> int:
@@ -73,8 +121,9 @@ def remove_stale_temporaries(folder: Path) -> int:
     """
     removed = 0
     if folder.is_dir():
-        for leftover in folder.glob(".*.tmp"):
-            with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
-                removed += 1
+        for leftover in folder.iterdir():
+            if is_temporary_name(leftover.name):
+                with contextlib.suppress(FileNotFoundError):
+                    leftover.unlink()
+                    removed += 1
     return removed

@@ -39,6 +39,7 @@ from ipmix_cli.shards import (
     write_entry,
 )
 from ipmix_cli.sources import Source, open_mixing_set, open_source
+from ipmix_cli.versions import byte_versions
 
 JOB_FILE = "job.json"
 MIXING_FILE = "mixing-set.npz"
@@ -72,6 +73,7 @@ def _fingerprint_mixing(pictures: list[np.ndarray], path: Path) -> dict[str, Any
 def _identity(spec: AugmentSpec, source: Source, mixing_print: dict[str, Any]) -> dict[str, Any]:
     """What a resumed run must share with the interrupted one for its shards to be reusable."""
     return {
+        "environment": byte_versions(),
         "config": spec.config.to_dict(),
         "seed": spec.seed,
         "copies": spec.copies,
@@ -208,6 +210,7 @@ def run_augment(
     remove_stale_temporaries(folder)
 
     about = {
+        "environment": byte_versions(),
         "config": spec.config.to_dict(),
         "seed": spec.seed,
         "copies": spec.copies,

@@ -31,6 +31,7 @@ from ipmix_cli.bank.png import encode_rgb_png
 from ipmix_cli.errors import BankError
 from ipmix_cli.fs.atomic import atomic_path, remove_stale_temporaries, write_bytes_atomic
 from ipmix_cli.jobs.parallel import run_unordered
+from ipmix_cli.versions import byte_versions
 
 CHUNK_SIZE = 64
 """Images per work unit. Fixed (not derived from --jobs) so a resumed run can reuse chunks made
@@ -53,8 +54,10 @@ class BankSpec:
     png_compress_level: int = 1
 
     def identity(self) -> dict:
-        """The settings a resumed run must share with the interrupted one."""
+        """The settings a resumed run must share with the interrupted one (the versions too:
+        another numba or zlib may render or compress differently)."""
         return {
+            "environment": byte_versions(),
             "count": self.count,
             "seed": self.seed,
             "options": self.options.to_dict(),

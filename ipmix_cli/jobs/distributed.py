@@ -27,11 +27,9 @@ import functools
 import gc
 import hashlib
 import logging
-import platform
 import signal
 import sys
 import warnings
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -40,6 +38,7 @@ import joblib
 
 from ipmix_cli import __version__
 from ipmix_cli.errors import DaskError, one_line
+from ipmix_cli.versions import byte_versions
 
 if TYPE_CHECKING:  # dask is an optional extra: import it only when the dask backend is used
     from distributed import Client
@@ -194,22 +193,7 @@ def code_digest() -> str:
 
 def worker_environment() -> dict[str, str]:
     """Versions that decide the output bytes; compared between the client and each worker."""
-    import h5py
-    import numba
-    import numpy
-    import PIL
-
-    return {
-        "ipmix": __version__,
-        "ipmix code": code_digest(),
-        "python": platform.python_version(),
-        "numpy": numpy.__version__,
-        "numba": numba.__version__,
-        "h5py": h5py.__version__,
-        "hdf5": h5py.version.hdf5_version,
-        "pillow": PIL.__version__,
-        "zlib": zlib.ZLIB_RUNTIME_VERSION,
-    }
+    return {"ipmix code": code_digest(), **byte_versions()}
 
 
 def check_workers(client: Client) -> None:

@@ -12,8 +12,10 @@ import h5py
 import numpy as np
 
 from ipmix_cli.errors import one_line
+from ipmix_cli.fs.atomic import is_temporary_name
 from ipmix_cli.shards.attrs import decode_attr
 from ipmix_cli.shards.checksum import file_checksum, method_of
+from ipmix_cli.shards.entry import vds_file_name
 from ipmix_cli.shards.layout import (
     IMAGE_DATASETS,
     INDEX_DATASETS,
@@ -57,7 +59,10 @@ def _verify_shard(
     image_shape: Sequence[int],
     n_classes: int,
     deep: bool,
+    seen: dict[int, dict[str, np.ndarray]],
 ) -> list[str]:
+    """Faults of one shard; its labels and first and last images go into ``seen`` (for the
+    comparison with what a plain HDF5 reader sees through the entry file)."""
     faults: list[str] = []
     name = str(p)
     if not p.is_file():
@@ -98,6 +103,7 @@ def _verify_shard(
                 if values.size and values.min() < 0:
                     faults.append(f"{name}: '{ds}' has negative values")
             labels = f["labels"][()]
+            seen[rec.index] = {"labels": labels, "ends": f["images"][[0, n - 1] if n > 1 else [0]]}
             if n_classes and labels.size and labels.max() >= n_classes:
                 faults.append(
                     f"{name}: label {int(labels.max())} out of range for {n_classes} classes"
@@ -114,13 +120,56 @@ def _verify_shard(
     return faults
 
 
+_SAMPLED_SHARDS = 64  # shards whose first and last images are read through the entry file
+
+
+def _plain_view_faults(
+    entry: Path, shards: Sequence[ShardRecord], count: int, seen: dict[int, dict[str, np.ndarray]]
+) -> list[str]:
+    """What a plain HDF5 reader gets through the entry file, against the shards themselves:
+    a source file name HDF5 resolves differently (a ``%`` in a name, say) gives it label -1
+    and black images without any error, and only reading through the entry shows that."""
+    try:
+        with h5py.File(entry, "r") as f:
+            dset = f["images"]
+            if dset.shape[0] != count:
+                return [f"{entry}: 'images' has {dset.shape[0]} rows, not {count}"]
+            mapped = [m.file_name for m in dset.virtual_sources()] if dset.is_virtual else []
+            if mapped != [vds_file_name(s.file) for s in shards]:
+                return [f"{entry}: virtual datasets do not map the recorded shards"]
+            labels = f["labels"][()]
+            faults = []
+            bad = [s for s in shards if s.index in seen and not np.array_equal(
+                labels[s.start : s.start + s.count], seen[s.index]["labels"])]  # fmt: skip
+            for s in bad[:3]:
+                faults.append(
+                    f"{entry}: plain HDF5 readers see other labels than {s.file} holds (label "
+                    f"{int(labels[s.start])} at row {s.start}); the entry file does not reach it"
+                )
+            if len(bad) > 3:
+                faults.append(f"{entry}: ... and {len(bad) - 3} more shards unreachable")
+            picks = np.unique(np.linspace(0, len(shards) - 1, min(len(shards), _SAMPLED_SHARDS)))
+            for k in picks.astype(int).tolist():
+                s = shards[k]
+                if s.index not in seen or s in bad:
+                    continue
+                rows = [s.start, s.start + s.count - 1] if s.count > 1 else [s.start]
+                if not np.array_equal(dset[rows], seen[s.index]["ends"]):
+                    faults.append(f"{entry}: plain HDF5 readers see other images than {s.file}")
+            return faults
+    except (OSError, KeyError, ValueError) as error:
+        return [f"{entry}: unreadable entry datasets: {one_line(error, 160)}"]
+
+
 def verify(entry_path: str | os.PathLike[str], *, deep: bool = True) -> VerifyReport:
     """Check an output end to end and list every fault found (does not stop at the first).
 
     Checks: every shard present and readable; attributes, dataset shapes and dtypes as the entry
     records; data checksums match (``deep``; reads everything); labels within the class names;
-    counts add up; the entry's virtual datasets point at the recorded shard files. Raises
-    :class:`ShardError` only when ``entry_path`` is not a readable ipmix entry file at all.
+    counts add up; the entry's virtual datasets point at the recorded shard files, and what a
+    plain HDF5 reader sees through them (every label, the first and last image of shards spread
+    over the output) is what the shards hold. Raises :class:`ShardError` only when
+    ``entry_path`` is not a readable ipmix entry file at all.
     """
     entry = Path(entry_path).absolute()
     manifest = read_manifest(entry)
@@ -131,29 +180,19 @@ def verify(entry_path: str | os.PathLike[str], *, deep: bool = True) -> VerifyRe
     image_shape = manifest.image_shape
     if sum(s.count for s in shards) != report.count:
         report.faults.append(f"{entry}: shard counts do not add up to {report.count}")
-    try:
-        with h5py.File(entry, "r") as f:
-            dset = f["images"]
-            if dset.shape[0] != report.count:
-                report.faults.append(
-                    f"{entry}: 'images' has {dset.shape[0]} rows, not {report.count}"
-                )
-            mapped = [m.file_name for m in dset.virtual_sources()] if dset.is_virtual else []
-            if mapped != [s.file for s in shards]:
-                report.faults.append(f"{entry}: virtual datasets do not map the recorded shards")
-    except (OSError, KeyError, ValueError) as error:
-        report.faults.append(f"{entry}: unreadable entry datasets: {one_line(error, 160)}")
+    seen: dict[int, dict[str, np.ndarray]] = {}
     for rec in shards:
         p = entry.parent / rec.file
-        report.faults.extend(_verify_shard(p, rec, mode, image_shape, n_classes, deep))
+        report.faults.extend(_verify_shard(p, rec, mode, image_shape, n_classes, deep, seen))
         report.shards_checked += 1
+    report.faults.extend(_plain_view_faults(entry, shards, report.count, seen))
     folder = entry.parent / (manifest.shards_dir or shard_dir(entry).name)
     known = {Path(s.file).name for s in shards}
     if folder.is_dir():
         for extra in sorted(folder.iterdir()):
             if extra.name in known:
                 continue
-            if ".tmp-" in extra.name:
+            if is_temporary_name(extra.name):
                 report.warnings.append(
                     f"{extra}: leftover temporary file from an interrupted write"
                 )

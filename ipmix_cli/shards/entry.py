@@ -18,16 +18,18 @@ import h5py
 import numpy as np
 
 from ipmix_cli.errors import ShardError
-from ipmix_cli.fs.atomic import atomic_path
+from ipmix_cli.fs.atomic import atomic_path, write_error, write_new_file
 from ipmix_cli.shards.layout import (
     ENTRY_KIND,
     FILL_INDEX,
     FORMAT_VERSION,
     IMAGE_DATASETS,
+    META_GROUP,
     datasets_for,
     shard_dir,
 )
 from ipmix_cli.shards.manifest import Manifest
+from ipmix_cli.shards.memfile import h5_in_memory
 from ipmix_cli.shards.shard_info import ShardInfo, read_shard_info
 
 
@@ -123,8 +125,8 @@ def write_entry(
     except ValueError as error:
         raise ShardError(entry, str(error)) from None
     text = manifest.to_json()
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(entry) as tmp, h5py.File(tmp, "w") as f:
+    size_hint = len(text) + len(infos) * 512 * len(datasets_for(mode)) + sum(map(len, names))
+    with h5_in_memory(size_hint) as (f, image):
         for name in datasets_for(mode):
             is_image = name in IMAGE_DATASETS
             shape = (total, h, w, 3) if is_image else (total,)
@@ -133,7 +135,7 @@ def write_entry(
             for s, rel, start in zip(infos, rel_files, starts, strict=False):
                 src_shape = (s.count, h, w, 3) if is_image else (s.count,)
                 layout[int(start) : int(start) + s.count] = h5py.VirtualSource(
-                    rel, name, shape=src_shape
+                    vds_file_name(rel), name, shape=src_shape
                 )
             f.create_virtual_dataset(name, layout, fillvalue=0 if is_image else FILL_INDEX)
         f.attrs["kind"] = ENTRY_KIND
@@ -142,9 +144,39 @@ def write_entry(
         f.attrs["mode"] = mode
         f.attrs["num_shards"] = len(infos)
         f.attrs["shards_dir"] = folder.name
-        f.attrs["shard_files"] = np.array(rel_files, dtype=h5py.string_dtype())
-        f.attrs["shard_counts"] = np.array([s.count for s in infos], dtype=np.int64)
-        f.attrs["class_names"] = np.array(names, dtype=h5py.string_dtype())
-        f.attrs["manifest"] = text
-        f.flush()
+        meta = f.create_group(META_GROUP, track_order=False)
+        _untimed_dataset(meta, "manifest", np.array(text, dtype=h5py.string_dtype()))
+        _untimed_dataset(meta, "shard_files", np.array(rel_files, dtype=h5py.string_dtype()))
+        _untimed_dataset(meta, "shard_counts", np.array([s.count for s in infos], np.int64))
+        labels = np.array([hdf5_text(n) for n in names], dtype=h5py.string_dtype())
+        _untimed_dataset(meta, "class_names", labels)
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with atomic_path(entry) as tmp:
+            write_new_file(tmp, image[0])
+    except OSError as error:
+        raise write_error(entry, error) from None
     return manifest
+
+
+def vds_file_name(path: str) -> str:
+    """A virtual dataset's source file name as HDF5 wants it: HDF5 reads ``%`` there as a format
+    character (``%b``: the entry file's base name, ``%%``: a percent sign), so a literal ``%``
+    in an output's name must be doubled, or plain HDF5 readers look for another file."""
+    return path.replace("%", "%%")
+
+
+def hdf5_text(name: str) -> str:
+    """``name`` as valid UTF-8 for an HDF5 string: a name that came from non-UTF-8 bytes on
+    disk (Python keeps those bytes as surrogate escapes) is stored with ``\\xNN`` escapes; the
+    manifest's JSON keeps the exact name."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return name
+
+
+def _untimed_dataset(group: h5py.Group, name: str, data: np.ndarray) -> None:
+    """A dataset without a creation time stamp (identical runs give identical entry files)."""
+    group.create_dataset(name, data=data, track_times=False)

@@ -24,8 +24,17 @@ from typing import TypeVar
 
 import numpy as np
 
-FORMAT_VERSION = 1
-"""Version of the shard/entry layout; readers refuse files with a larger number."""
+FORMAT_VERSION = 2
+"""Version of the output layout, recorded in the entry file; readers refuse a larger number.
+Version 2 keeps the manifest and the per-shard and per-class lists in datasets under ``ipmix/``
+(version 1 had them as attributes, which HDF5 caps at 64 KiB: ~4,000 shards or classes)."""
+
+SHARD_FORMAT_VERSION = 1
+"""Version of one shard file's layout (unchanged since the first release)."""
+
+META_GROUP = "ipmix"
+"""The entry file's group holding ``manifest`` (JSON text), ``shard_files``, ``shard_counts``
+and ``class_names`` as datasets (format version 2)."""
 
 ENTRY_KIND = "ipmix-entry"
 SHARD_KIND = "ipmix-shard"

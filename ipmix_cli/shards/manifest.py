@@ -7,7 +7,8 @@ here and nowhere else. Two kinds of fields:
 * the output's shape, filled in by ``write_entry`` from the shards it joins: ``count``,
   ``mode``, ``image_shape``, ``class_names``, ``shards_dir``, ``shards``;
 * the job's account of how it was made (all optional, for entry files written by other tools
-  through ``write_entry``): ``config``, ``seed``, ``copies``, ``num_sources``,
+  through ``write_entry``): ``environment`` (the versions bytes depend on), ``config``,
+  ``seed``, ``copies``, ``num_sources``,
   ``rows_per_shard``, ``compression``, ``source``, ``mixing_set``, ``skipped``, ``job``.
 
 Keys this version does not know are kept in ``extra`` and written back unchanged, so a file
@@ -26,7 +27,7 @@ import h5py
 
 from ipmix_cli.errors import ShardError, one_line
 from ipmix_cli.shards.attrs import decode_attr, json_default
-from ipmix_cli.shards.layout import ENTRY_KIND, FORMAT_VERSION, ROW_LAYOUT
+from ipmix_cli.shards.layout import ENTRY_KIND, FORMAT_VERSION, META_GROUP, ROW_LAYOUT
 
 TOOL = "ipmix"
 MODES = ("standard", "jsd")
@@ -66,6 +67,7 @@ class ShardRecord:
 
 # Fields the job records; None means "not recorded" and is left out of the JSON.
 _JOB_FIELDS = (
+    "environment",
     "config",
     "seed",
     "rows_per_shard",
@@ -90,6 +92,7 @@ class Manifest:
     copies: int = 1
     num_sources: int = 0
     layout: str = ROW_LAYOUT
+    environment: dict[str, str] | None = None
     config: dict[str, Any] | None = None
     seed: int | None = None
     rows_per_shard: int | None = None
@@ -226,18 +229,23 @@ def _str(d: Mapping[str, Any], key: str, where: str, default: str | None = None)
 
 
 def read_manifest(entry: Path) -> Manifest:
-    """The manifest of the entry file ``entry``, after checking it is one we can read."""
+    """The manifest of the entry file ``entry``, after checking it is one we can read (format
+    version 2 keeps it in the ``ipmix/manifest`` dataset, version 1 in an attribute)."""
     if not entry.exists():
         raise ShardError(entry, "output entry file does not exist")
     try:
         with h5py.File(entry, "r") as f:
             kind = decode_attr(f.attrs.get("kind"))
-            text = decode_attr(f.attrs.get("manifest"))
-    except (OSError, ValueError) as error:
+            stored = f.get(f"{META_GROUP}/manifest")
+            if isinstance(stored, h5py.Dataset):
+                text = decode_attr(stored[()])
+            else:
+                text = decode_attr(f.attrs.get("manifest"))
+    except (OSError, ValueError, KeyError) as error:
         raise ShardError(entry, f"unreadable entry file: {one_line(error, 160)}") from None
     if kind != ENTRY_KIND or not isinstance(text, str):
         raise ShardError(entry, "not an ipmix output entry file (no kind='ipmix-entry')")
     try:
-        return Manifest.from_json(text, "manifest attribute")
+        return Manifest.from_json(text, "manifest")
     except ValueError as error:
         raise ShardError(entry, one_line(error)) from None

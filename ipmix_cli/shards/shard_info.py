@@ -13,7 +13,7 @@ import h5py
 from ipmix_cli.errors import ShardError, one_line
 from ipmix_cli.shards.attrs import attr_value, decode_attr
 from ipmix_cli.shards.checksum import shard_checksum
-from ipmix_cli.shards.layout import FORMAT_VERSION, RESERVED_ATTRS, SHARD_KIND
+from ipmix_cli.shards.layout import RESERVED_ATTRS, SHARD_FORMAT_VERSION, SHARD_KIND
 
 
 @dataclass(frozen=True)
@@ -65,9 +65,11 @@ def read_shard_info(path: str | os.PathLike[str]) -> ShardInfo:
         raise ShardError(p, f"unreadable (truncated or corrupt): {one_line(error, 160)}") from None
     if a.get("kind") != SHARD_KIND:
         raise ShardError(p, "not an ipmix shard (no kind='ipmix-shard' attribute)")
-    if int(a.get("format_version", 0)) > FORMAT_VERSION:
+    if int(a.get("format_version", 0)) > SHARD_FORMAT_VERSION:
         raise ShardError(
-            p, f"shard format {a.get('format_version')} is newer than this ipmix ({FORMAT_VERSION})"
+            p,
+            f"shard format {a.get('format_version')} is newer than this ipmix reads "
+            f"({SHARD_FORMAT_VERSION})",
         )
     if shape is None or len(shape) != 4:
         raise ShardError(p, "shard has no (n, H, W, 3) 'images' dataset")

@@ -19,19 +19,20 @@ import h5py
 import numpy as np
 
 from ipmix_cli.errors import ShardError
-from ipmix_cli.fs.atomic import commit_temporary, temporary_sibling
+from ipmix_cli.fs.atomic import commit_temporary, temporary_sibling, write_error, write_new_file
 from ipmix_cli.shards.attrs import attr_value, decode_attr
 from ipmix_cli.shards.checksum import CHECKSUM_METHOD, compute_checksum
 from ipmix_cli.shards.layout import (
-    FORMAT_VERSION,
     IMAGE_DATASETS,
     INDEX_DATASETS,
     JSD_DATASETS,
     RESERVED_ATTRS,
+    SHARD_FORMAT_VERSION,
     SHARD_KIND,
     SHARD_NAME,
     STANDARD_DATASETS,
 )
+from ipmix_cli.shards.memfile import h5_in_memory
 from ipmix_cli.shards.shard_info import ShardInfo
 
 DEFAULT_CHUNK_BYTES = 512 * 1024
@@ -103,6 +104,9 @@ class PendingShard:
         interrupt included) the temporary file goes and the final name is left as it was."""
         try:
             commit_temporary(self.tmp, self.path)
+        except OSError as error:
+            self.discard()
+            raise write_error(self.path, error) from None
         except BaseException:
             self.discard()
             raise
@@ -172,21 +176,21 @@ def write_shard_pending(
         filters = {"compression": "gzip", "compression_opts": int(compression_level)}
     elif compression == "lzf":
         filters = {"compression": "lzf"}
-    p.parent.mkdir(parents=True, exist_ok=True)
+    with h5_in_memory(sum(a.nbytes for a in data.values())) as (f, image):
+        _fill_shard(f, data, filters, chunk_bytes, index, mode, checksum, extra)
     tmp = temporary_sibling(p)
     try:
-        _write_shard_file(tmp, data, filters, chunk_bytes, index, mode, checksum, extra)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+        p.parent.mkdir(parents=True, exist_ok=True)
+        write_new_file(tmp, image[0])
+    except OSError as error:
+        raise write_error(p, error) from None
     stored = {k: decode_attr(attr_value(v)) for k, v in extra.items()}  # as read back
     info = ShardInfo(int(index), p.name, int(n), checksum, (int(h), int(w)), mode, stored)
     return PendingShard(tmp, p, info)
 
 
-def _write_shard_file(
-    tmp: Path,
+def _fill_shard(
+    f: h5py.File,
     data: Mapping[str, np.ndarray],
     filters: Mapping[str, Any],
     chunk_bytes: int,
@@ -196,26 +200,24 @@ def _write_shard_file(
     extra: Mapping[str, Any],
 ) -> None:
     n = data["images"].shape[0]
-    with h5py.File(tmp, "w") as f:
-        for name in (*IMAGE_DATASETS, *INDEX_DATASETS):
-            if name not in data:
-                continue
-            arr = data[name]
-            if name in IMAGE_DATASETS:
-                chunks = _image_chunks(arr.shape, chunk_bytes)
-                dataset = f.create_dataset(name, data=arr, chunks=chunks, **filters)
-            else:
-                dataset = f.create_dataset(name, data=arr)
-            # Where HDF5 places a chunk must not depend on when the Python object is freed
-            # (a profiler thread holding it moved the chunk to file close): flush it now.
-            dataset.flush()
-        f.attrs["kind"] = SHARD_KIND
-        f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["shard_index"] = int(index)
-        f.attrs["count"] = int(n)
-        f.attrs["mode"] = mode
-        f.attrs["checksum"] = checksum
-        f.attrs["checksum_method"] = CHECKSUM_METHOD
-        for key, value in extra.items():
-            f.attrs[key] = attr_value(value)
-        f.flush()
+    for name in (*IMAGE_DATASETS, *INDEX_DATASETS):
+        if name not in data:
+            continue
+        arr = data[name]
+        if name in IMAGE_DATASETS:
+            chunks = _image_chunks(arr.shape, chunk_bytes)
+            dataset = f.create_dataset(name, data=arr, chunks=chunks, **filters)
+        else:
+            dataset = f.create_dataset(name, data=arr)
+        # Where HDF5 places a chunk must not depend on when the Python object is freed
+        # (a profiler thread holding it moved the chunk to file close): flush it now.
+        dataset.flush()
+    f.attrs["kind"] = SHARD_KIND
+    f.attrs["format_version"] = SHARD_FORMAT_VERSION
+    f.attrs["shard_index"] = int(index)
+    f.attrs["count"] = int(n)
+    f.attrs["mode"] = mode
+    f.attrs["checksum"] = checksum
+    f.attrs["checksum_method"] = CHECKSUM_METHOD
+    for key, value in extra.items():
+        f.attrs[key] = attr_value(value)

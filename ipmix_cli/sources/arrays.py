@@ -269,8 +269,9 @@ class Hdf5Source(ArraySource):
 
         try:
             with h5py.File(path, "r") as f:
-                if f.attrs.get("kind") == shards.ENTRY_KIND:
-                    shards.check_output(path)  # no silently zero-filled missing shards
+                ours = f.attrs.get("kind") == shards.ENTRY_KIND
+                # an ipmix output: no silently zero-filled missing shards, and its class names
+                recorded = list(shards.check_output(path).class_names) if ours else None
                 keys = set(f.keys())
                 image_key = next((k for k in ("images", "x") if k in keys), None)
                 label_key = next((k for k in ("labels", "y") if k in keys), None)
@@ -289,6 +290,8 @@ class Hdf5Source(ArraySource):
                 self.labels = check_labels(path, lab[()], self._shape[0], label_key)
                 raw = f.attrs.get("class_names", lab.attrs.get("class_names"))
                 names = _h5_strings(raw) if raw is not None else []
+                if recorded is not None:
+                    names = recorded
         except IpmixError:
             raise
         except (OSError, ValueError, KeyError) as error:
