@@ -90,11 +90,16 @@ def fractals() -> None:
 @click.option("--count", default=1000, show_default=True, type=click.IntRange(min=1))
 @click.option("--size", default=256, show_default=True, type=click.IntRange(16, 4096))
 @click.option("--points", default=100_000, show_default=True, type=click.IntRange(min=100))
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**64 - 1))
 @click.option(
     "--jobs", default=-1, show_default=True, type=int, callback=check_jobs, help="-1: all cores."
 )
-@backend_options(("loky", "dask"), "loky", "loky: local worker processes.")
+@backend_options(
+    ("threads", "loky", "dask"),
+    "threads",
+    "threads: one process, the renderer runs without the GIL (nothing outlives the command). "
+    "loky: local worker processes.",
+)
 @click.option(
     "--background", default="plasma", show_default=True, type=click.Choice(["plasma", "black"])
 )
@@ -207,7 +212,7 @@ def parse_size(
 )
 @click.option("--size", callback=parse_size, help="Output size, 32 or HxW (default: the preset's).")
 @click.option("--jsd", is_flag=True, help="Store the clean image and two views per sample.")
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**64 - 1))
 @click.option(
     "--jobs", default=-1, show_default=True, type=int, callback=check_jobs, help="-1: all cores."
 )

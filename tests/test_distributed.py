@@ -184,8 +184,9 @@ def assert_complete(out: Path, reference: dict) -> None:
     assert digest_tree(out) == reference
     code, output = run_cli("verify", out)
     assert code == 0 and output.startswith(f"ok: {N_IMAGES * COPIES} images"), output
-    leftovers = [p.name for p in out.parent.rglob(".*")]
+    leftovers = [p.name for p in out.parent.rglob(".*") if p.name != ".lock"]
     assert leftovers == [], leftovers
+    assert (out.with_suffix(".shards") / ".lock").read_bytes() == b""  # no pid left behind
 
 
 def test_augment_on_a_cluster_equals_loky(
@@ -211,7 +212,8 @@ def test_fractal_bank_on_a_cluster_equals_loky(tmp_path: Path, cluster: Cluster)
         return {str(p.relative_to(bank)): p.read_bytes() for p in bank.rglob("*") if p.is_file()}
 
     loky, dask = files(tmp_path / "loky"), files(tmp_path / "dask")
-    assert len(dask) == 151 and dask == loky  # 150 PNGs + manifest, nothing else
+    # 150 PNGs, the manifest and the (empty) lock file, nothing else
+    assert len(dask) == 152 and dask == loky and dask[".ipmix.lock"] == b""
 
 
 def test_local_cluster_when_no_scheduler_is_given(

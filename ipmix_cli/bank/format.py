@@ -14,6 +14,9 @@ The manifest is written last: a folder without one is not a (complete) bank.
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import signal
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -23,8 +26,8 @@ import numpy as np
 from PIL import Image
 
 from ipmix_cli import __version__
-from ipmix_cli.errors import BankError
-from ipmix_cli.fs.atomic import atomic_path
+from ipmix_cli.errors import BankError, DiskFullError
+from ipmix_cli.fs.atomic import atomic_path, is_disk_full
 from ipmix_cli.versions import byte_versions
 
 MANIFEST = "manifest.json"
@@ -83,6 +86,49 @@ def write_h5(
         for key in ("tool", "version", "bank_format_version", "format", "count", "seed"):
             h5.attrs[key] = manifest[key]
         h5.attrs["options"] = json.dumps(manifest["options"], sort_keys=True)
+
+
+_DISK_FULL_EXIT = 28  # ENOSPC
+
+
+def _write_h5_child(path: Path, manifest: dict[str, Any], size: int, chunks: list) -> None:
+    """The child process's side of :func:`write_h5_apart`."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what a Ctrl-C means
+    try:
+        blocks = ((start, np.load(file)) for start, file in chunks)
+        write_h5(path, manifest, size, blocks)
+    except OSError as error:
+        # Leave at once: the h5py objects of a file whose write failed crash when freed.
+        os._exit(_DISK_FULL_EXIT if is_disk_full(error) else 1)
+    except BaseException:
+        os._exit(1)
+    os._exit(0)
+
+
+def write_h5_apart(
+    path: Path, manifest: dict[str, Any], size: int, chunks: list[tuple[int, Path]]
+) -> None:
+    """:func:`write_h5` from ``(start, .npy file)`` chunks, in a child process.
+
+    Too large to build in memory (a bank can be many GB) and written by HDF5 itself, the file
+    would leave h5py objects that crash this process when freed if the disk filled up. In a
+    child, that crash is contained, and it becomes a one-line error here.
+    """
+    context = multiprocessing.get_context("spawn")
+    child = context.Process(
+        target=_write_h5_child, args=(path, manifest, size, chunks), name="ipmix-h5"
+    )
+    child.start()
+    try:
+        child.join()
+    except BaseException:
+        child.terminate()
+        child.join()
+        raise
+    if child.exitcode == _DISK_FULL_EXIT:
+        raise DiskFullError(f"no space left on device writing {path}")
+    if child.exitcode != 0:
+        raise BankError(path, f"writing the HDF5 bank failed (child exit code {child.exitcode})")
 
 
 def load_manifest(bank: Path) -> dict:

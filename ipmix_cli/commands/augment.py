@@ -9,7 +9,7 @@ import click
 from ipmix_cli import kernel_caches
 from ipmix_cli.augment.config import IPMixConfig
 from ipmix_cli.commands import RunOptions
-from ipmix_cli.jobs.augment_job import open_inputs, plan_shards, run_augment
+from ipmix_cli.jobs.augment_job import preflight, run_augment
 from ipmix_cli.jobs.augment_spec import AugmentSpec
 from ipmix_cli.jobs.parallel import backend_session, resolve_backend
 from ipmix_cli.ui.progress import progress_bar
@@ -96,15 +96,14 @@ def augment_dataset(spec: AugmentSpec, run: RunOptions) -> None:
 
 
 def _dry_run(spec: AugmentSpec) -> None:
-    source, pictures = open_inputs(spec)
+    """Every check the real run makes (it runs the same preflight), then the plan."""
+    plan = preflight(spec)
     config = spec.config
-    rows = len(source) * spec.copies
-    shards = plan_shards(rows, spec.rows_per_shard())
     h, w = config.size
     recipe = f"preset {config.preset_name}" if config.preset_name else "customised recipe"
     click.echo(
-        f"dry run: {len(source)} images ({source.format}, {len(source.class_names)} classes) x "
-        f"{spec.copies} copies = {rows} rows of {h}x{w}x3 in {len(shards)} shards "
-        f"(~{rows * h * w * 3 * config.n_views / 1e6:.1f} MB), mixing set of "
-        f"{len(pictures)} pictures, {recipe}; nothing written"
+        f"dry run: {len(plan.source)} images ({plan.source.format}, "
+        f"{len(plan.source.class_names)} classes) x {spec.copies} copies = {plan.rows} rows of "
+        f"{h}x{w}x3 in {plan.num_shards} shards (~{plan.rows * spec.row_bytes() / 1e6:.1f} MB), "
+        f"mixing set of {len(plan.pictures)} pictures, {recipe}; nothing written"
     )

@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from ipmix_cli.errors import DiskFullError, OutputError
@@ -127,3 +128,37 @@ def remove_stale_temporaries(folder: Path) -> int:
                     leftover.unlink()
                     removed += 1
     return removed
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """A complete file under its temporary name, to be given its final name by the process
+    that owns the output (a worker process stages, its parent commits: an orphaned worker can
+    then never put a file under a final name). Small and picklable."""
+
+    tmp: Path
+    final: Path
+
+    def commit(self) -> None:
+        try:
+            commit_temporary(self.tmp, self.final)
+        except OSError as error:
+            self.discard()
+            raise write_error(self.final, error) from None
+        except BaseException:
+            self.discard()
+            raise
+
+    def discard(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.tmp.unlink()
+
+
+def stage_bytes(final: Path, data: bytes | memoryview) -> StagedFile:
+    """Write ``data`` under a temporary name beside ``final``; commit it later."""
+    tmp = temporary_sibling(final)
+    try:
+        write_new_file(tmp, data)
+    except OSError as error:
+        raise write_error(final, error) from None
+    return StagedFile(tmp, final)

@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ipmix_cli.augment.config import IPMixConfig
+from ipmix_cli.errors import AugmentError
 
 SHARD_TARGET_BYTES = 16 * 1024 * 1024
+# Sane bounds, checked before anything is allocated or written: one bad value (a typo in
+# --copies, a label of 2**40) must be a one-line error, not a MemoryError after an hour.
+MAX_COPIES = 100_000
+MAX_SIDE = 4096  # px; a 4096 px JSD row is 150 MB
+MAX_SHARD_BYTES = 4 << 30  # what one worker holds in memory for a shard
+MAX_ROWS = 1 << 40
+MAX_SHARDS = 1_000_000
+SEEDS = (0, 1 << 64)
+COMPRESSIONS = ("none", "lzf", "gzip")
+ON_ERROR = ("fail", "skip")
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"  # pragma: no cover
 
 
 @dataclass(frozen=True)
@@ -33,9 +53,51 @@ class AugmentSpec:
         resume, large enough that per-shard overhead (open, checksum, fsync) stays negligible."""
         if self.shard_size is not None:
             return self.shard_size
+        return int(max(64, min(16384, SHARD_TARGET_BYTES // self.row_bytes())))
+
+    def row_bytes(self) -> int:
+        """Bytes of one output row's images (all views)."""
         h, w = self.config.size
-        per_row = h * w * 3 * self.config.n_views
-        return int(max(64, min(16384, SHARD_TARGET_BYTES // per_row)))
+        return h * w * 3 * self.config.n_views
+
+    def validate(self) -> None:
+        """Refuse, in one line, values no real job has: before any input is read."""
+        out = self.out
+        if isinstance(self.copies, bool) or not 1 <= int(self.copies) <= MAX_COPIES:
+            raise AugmentError(out, f"--copies must be in 1..{MAX_COPIES}, got {self.copies}")
+        if isinstance(self.seed, bool) or not SEEDS[0] <= int(self.seed) < SEEDS[1]:
+            raise AugmentError(out, f"--seed must be in 0..2**64-1, got {self.seed}")
+        h, w = self.config.size
+        if max(h, w) > MAX_SIDE or min(h, w) < 8:
+            raise AugmentError(out, f"--size {h}x{w}: each side must be 8..{MAX_SIDE} px")
+        if self.compression not in COMPRESSIONS:
+            raise AugmentError(
+                out, f"unknown compression {self.compression!r} ({', '.join(COMPRESSIONS)})"
+            )
+        if self.on_error not in ON_ERROR:
+            raise AugmentError(out, f"--on-error must be fail or skip, got {self.on_error!r}")
+        if self.shard_size is not None and int(self.shard_size) < 1:
+            raise AugmentError(out, f"--shard-size must be at least 1 row, got {self.shard_size}")
+        shard_bytes = self.rows_per_shard() * self.row_bytes()
+        if shard_bytes > MAX_SHARD_BYTES:
+            raise AugmentError(
+                out,
+                f"--shard-size {self.rows_per_shard()} rows of {h}x{w} would hold "
+                f"{_human_bytes(shard_bytes)} per shard, more than a worker may hold in memory "
+                f"({_human_bytes(MAX_SHARD_BYTES)}); use fewer rows per shard",
+            )
+
+    def validate_size(self, n_sources: int) -> None:
+        """Refuse a job too large to plan (checked once the input's size is known)."""
+        rows = n_sources * int(self.copies)
+        shards = math.ceil(rows / self.rows_per_shard())
+        if rows > MAX_ROWS or shards > MAX_SHARDS:
+            raise AugmentError(
+                self.out,
+                f"{n_sources} images x {self.copies} copies = {rows} rows in {shards} shards is "
+                f"more than ipmix plans ({MAX_ROWS} rows, {MAX_SHARDS} shards); use fewer "
+                "copies or larger shards",
+            )
 
 
 @dataclass

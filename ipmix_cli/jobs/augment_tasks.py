@@ -25,6 +25,7 @@ from ipmix_cli.augment.engine import augment_batch, augment_images
 from ipmix_cli.augment.mixing_set import MixingSet
 from ipmix_cli.errors import AugmentError
 from ipmix_cli.jobs.augment_spec import AugmentSpec
+from ipmix_cli.jobs.orphans import die_with_parent
 from ipmix_cli.shards import PendingShard, ShardInfo, copy_and_source, shard_dir, shard_filename
 from ipmix_cli.shards.write import write_shard_pending
 from ipmix_cli.sources import Source
@@ -46,6 +47,8 @@ class ShardTask:
     mixing_file: Path
     spec: AugmentSpec
     job_hash: str
+    parent_pid: int | None = None
+    """The pid of the job's process when this task runs in a local worker process."""
 
 
 @lru_cache(maxsize=2)
@@ -82,11 +85,12 @@ def _augment_rows(task: ShardTask, source: Source, mixing: MixingSet) -> dict[st
         else:
             shapes = {tuple(np.shape(image)) for image in images}
         expected = (*config.size, 3)
-        if shapes != {expected}:
+        if shapes != {expected}:  # checked before the job started; a file changed since?
             bad = next(s for s in shapes if s != expected)
             raise AugmentError(
-                f"{spec.input}: image of shape {bad[0]}x{bad[1]} but --pre {config.pre} needs "
-                f"{expected[0]}x{expected[1]} inputs; use --size, or --pre imagenet to crop"
+                f"{spec.input}: an image of {bad[0]}x{bad[1]} px reached a worker, but the "
+                f"{config.pre} pre-transform takes {expected[0]}x{expected[1]} images only "
+                "(did a file change during the run?)"
             )
         out = augment_batch(np.asarray(images), sources, copies, mixing, config, spec.seed)
     arrays = {"labels": labels, "source_index": sources, "copy_index": copies}
@@ -100,6 +104,7 @@ def _augment_rows(task: ShardTask, source: Source, mixing: MixingSet) -> dict[st
 def compute_shard(task: ShardTask) -> PendingShard:
     """Worker side: augment one shard's rows and write the shard under a temporary name; the
     parent commits it (:func:`commit_all`)."""
+    die_with_parent(task.parent_pid)
     config_json = json.dumps(task.spec.config.to_dict(), sort_keys=True)
     with _WORKER_LOADS:  # the threads backend: one load per process, not one per thread
         mixing = _load_mixing(task.mixing_file, config_json, task.job_hash)

@@ -8,10 +8,12 @@ workers. The bank's own layout is ``ipmix_cli.bank.format``.
 
 from __future__ import annotations
 
+import io
 import json
-import shutil
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,11 +27,19 @@ from ipmix_cli.bank.format import (
     MANIFEST,
     build_manifest,
     image_name,
-    write_h5,
+    write_h5_apart,
 )
 from ipmix_cli.bank.png import encode_rgb_png
-from ipmix_cli.errors import BankError
-from ipmix_cli.fs.atomic import atomic_path, remove_stale_temporaries, write_bytes_atomic
+from ipmix_cli.errors import BankError, DiskFullError
+from ipmix_cli.fs.atomic import (
+    StagedFile,
+    remove_stale_temporaries,
+    stage_bytes,
+    write_bytes_atomic,
+)
+from ipmix_cli.fs.lock import exclusive_lock
+from ipmix_cli.fs.tree import remove_tree
+from ipmix_cli.jobs.orphans import die_with_parent
 from ipmix_cli.jobs.parallel import run_unordered
 from ipmix_cli.versions import byte_versions
 
@@ -38,6 +48,10 @@ CHUNK_SIZE = 64
 with any number of workers."""
 
 PARTIAL_DIR = ".ipmix-partial"
+LOCK_FILE = ".ipmix.lock"
+"""The file a running job holds its lock on (``ipmix_cli.fs.lock``); empty once it is done."""
+MAX_COUNT = 10_000_000  # images; the manifest keeps a ~1 KB record of each
+COMMIT_THREADS = 4  # fsync and rename the workers' files, waiting on the disk in parallel
 OUTPUT_NAMES = (IMAGE_DIR, H5_NAME, MANIFEST, PARTIAL_DIR)
 """What a bank folder holds: ``--overwrite`` removes these and nothing else."""
 
@@ -52,6 +66,17 @@ class BankSpec:
     options: FractalOptions
     image_format: str = "png"  # "png" | "h5"
     png_compress_level: int = 1
+
+    def validate(self) -> None:
+        """Refuse, in one line, values no real bank has, before anything is written."""
+        if isinstance(self.count, bool) or not 1 <= int(self.count) <= MAX_COUNT:
+            raise BankError(f"{self.out}: --count must be in 1..{MAX_COUNT} (got {self.count})")
+        if isinstance(self.seed, bool) or not 0 <= int(self.seed) < 1 << 64:
+            raise BankError(f"{self.out}: --seed must be in 0..2**64-1 (got {self.seed})")
+        if self.image_format not in FORMATS:
+            raise BankError(f"{self.out}: unknown format {self.image_format!r} (png or h5)")
+        if not 0 <= int(self.png_compress_level) <= 9:
+            raise BankError(f"{self.out}: --png-compression must be in 0..9")
 
     def identity(self) -> dict:
         """The settings a resumed run must share with the interrupted one (the versions too:
@@ -88,6 +113,7 @@ class _Chunk:
     index: int
     start: int
     stop: int
+    parent_pid: int | None = None  # the job's process, when this runs in a worker process
 
 
 def chunk_ranges(count: int) -> list[tuple[int, int]]:
@@ -102,29 +128,60 @@ def _chunk_array_path(out: Path, chunk: int) -> Path:
     return out / PARTIAL_DIR / f"chunk-{chunk:06d}.npy"
 
 
-def _render_chunk(chunk: _Chunk) -> tuple[int, int]:
-    """Worker side: render, write the images, then the record file that marks the chunk done."""
+def _render_chunk(chunk: _Chunk) -> tuple[int, list[StagedFile]]:
+    """Worker side: render and encode a chunk's images and stage them under temporary names,
+    the record file that marks the chunk done last; the job's own process commits them."""
+    die_with_parent(chunk.parent_pid)
     spec = chunk.spec
     indices = list(range(chunk.start, chunk.stop))
     images, records = make_images(spec.seed, indices, spec.options)
-    if spec.image_format == "png":
-        for index, image, record in zip(indices, images, records, strict=True):
-            name = image_name(index, spec.count)
-            write_bytes_atomic(
-                spec.out / IMAGE_DIR / name, encode_rgb_png(image, spec.png_compress_level)
-            )
-            record["file"] = f"{IMAGE_DIR}/{name}"
-    else:
-        with (
-            atomic_path(_chunk_array_path(spec.out, chunk.index)) as tmp,
-            open(tmp, "wb") as handle,
-        ):
-            np.save(handle, images)
-    write_bytes_atomic(
-        _chunk_record_path(spec.out, chunk.index),
-        json.dumps({"start": chunk.start, "stop": chunk.stop, "records": records}).encode(),
-    )
-    return chunk.index, len(indices)
+    staged: list[StagedFile] = []
+    try:
+        if spec.image_format == "png":
+            for index, image, record in zip(indices, images, records, strict=True):
+                name = image_name(index, spec.count)
+                png = encode_rgb_png(image, spec.png_compress_level)
+                staged.append(stage_bytes(spec.out / IMAGE_DIR / name, png))
+                record["file"] = f"{IMAGE_DIR}/{name}"
+        else:
+            buffer = io.BytesIO()
+            np.save(buffer, images)
+            staged.append(stage_bytes(_chunk_array_path(spec.out, chunk.index), buffer.getbuffer()))
+        record_file = {"start": chunk.start, "stop": chunk.stop, "records": records}
+        data = json.dumps(record_file).encode()
+        staged.append(stage_bytes(_chunk_record_path(spec.out, chunk.index), data))
+    except BaseException:
+        for file in staged:
+            file.discard()
+        raise
+    return len(indices), staged
+
+
+def _commit_chunks(
+    results: Iterator[tuple[int, list[StagedFile]]], on_progress: Callable[[int], None] | None
+) -> None:
+    """Commit each rendered chunk's files (fsync, rename; the record last) on a few threads of
+    this process, while the workers render the next chunks."""
+    futures: list[tuple[Future[None], list[StagedFile]]] = []
+
+    def commit(files: list[StagedFile]) -> None:
+        for file in files:
+            file.commit()
+
+    with ThreadPoolExecutor(COMMIT_THREADS, thread_name_prefix="ipmix-commit") as committer:
+        try:
+            for count, files in results:
+                futures.append((committer.submit(commit, files), files))
+                if on_progress:
+                    on_progress(count)
+            for future, _ in futures:
+                future.result()
+        except BaseException:
+            for future, files in futures:
+                if future.cancel():
+                    for file in files:
+                        file.discard()
+            raise
 
 
 def _chunk_is_done(spec: BankSpec, chunk: int, start: int, stop: int) -> bool:
@@ -147,29 +204,35 @@ def _chunk_is_done(spec: BankSpec, chunk: int, start: int, stop: int) -> bool:
     return array.shape == (stop - start, size, size, 3) and array.dtype == np.uint8
 
 
-def _prepare_folder(spec: BankSpec, overwrite: bool, resume: bool) -> None:
-    """Refuse to clobber what a user already has; set up or validate the partial state."""
+def _prepare_folder(spec: BankSpec, overwrite: bool, resume: bool) -> bool:
+    """Refuse to clobber what a user already has; set up or validate the partial state.
+    Returns whether finished chunks may be reused (a resume)."""
     out = spec.out
-    if out.exists() and not out.is_dir():
-        raise BankError(f"{out}: exists and is not a folder")
     partial = out / PARTIAL_DIR
     job_file = partial / "job.json"
-    existing = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    existing = sorted(p.name for p in out.iterdir() if p.name != LOCK_FILE)
     if existing and resume:
         if not job_file.is_file():
             if (out / MANIFEST).is_file():
                 raise BankError(f"{out}: the bank is already complete; nothing to resume")
             raise BankError(f"{out}: no interrupted bank to resume (no {PARTIAL_DIR}/job.json)")
-        previous = json.loads(job_file.read_text())
-        if previous != spec.identity():
-            changed = sorted(k for k in spec.identity() if previous.get(k) != spec.identity()[k])
+        try:
+            previous = json.loads(job_file.read_text())
+        except (OSError, ValueError) as error:
+            raise BankError(
+                f"{job_file}: unreadable record of the interrupted run ({error}); pass "
+                "--overwrite to start again"
+            ) from None
+        if not isinstance(previous, dict) or previous != spec.identity():
+            known = previous if isinstance(previous, dict) else {}
+            changed = sorted(k for k in spec.identity() if known.get(k) != spec.identity()[k])
             raise BankError(
                 f"{out}: cannot resume, options differ from the interrupted run "
-                f"({', '.join(changed)})"
+                f"({', '.join(changed)}); pass --overwrite to start again"
             )
         for folder in (out, out / IMAGE_DIR, partial):
             remove_stale_temporaries(folder)
-        return
+        return True
     if existing:
         if not overwrite:
             raise BankError(
@@ -177,17 +240,14 @@ def _prepare_folder(spec: BankSpec, overwrite: bool, resume: bool) -> None:
                 "pass --overwrite to replace it or --resume to continue an interrupted run"
             )
         for name in OUTPUT_NAMES:
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+            remove_tree(out / name)
     try:
         (out / IMAGE_DIR if spec.image_format == "png" else out).mkdir(parents=True, exist_ok=True)
         partial.mkdir(exist_ok=True)
-        write_bytes_atomic(job_file, json.dumps(spec.identity(), sort_keys=True).encode())
     except OSError as error:
         raise BankError(f"{out}: cannot write here ({error.strerror or error})") from error
+    write_bytes_atomic(job_file, json.dumps(spec.identity(), sort_keys=True).encode())
+    return False
 
 
 def _collect_records(spec: BankSpec) -> list[dict]:
@@ -203,34 +263,69 @@ def generate_bank(
     overwrite: bool = False,
     resume: bool = False,
     on_progress: Callable[[int], None] | None = None,
-    backend: str = "loky",
+    backend: str = "threads",
 ) -> BankSummary:
     """Render a bank into ``spec.out``; safe to interrupt and ``resume``.
 
     ``on_progress(n)`` is called with the number of images finished (already-done chunks are
     reported first, in one call) so the caller can drive a progress bar.
     """
-    if spec.count < 1:
-        raise BankError(f"{spec.out}: --count must be at least 1 (got {spec.count})")
-    if spec.image_format not in FORMATS:
-        raise BankError(f"{spec.out}: unknown format {spec.image_format!r} (png or h5)")
+    spec.validate()
+    if overwrite and resume:
+        raise BankError(f"{spec.out}: choose one of --overwrite and --resume")
+    out = spec.out
+    if out.exists() and not out.is_dir():
+        raise BankError(f"{out}: exists and is not a folder")
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise BankError(f"{out}: cannot write here ({error.strerror or error})") from error
+    try:
+        with exclusive_lock(out / LOCK_FILE, out):
+            return _generate(spec, jobs, overwrite, resume, on_progress, backend)
+    except DiskFullError as error:
+        raise DiskFullError(
+            f"{error}; finished images are kept; free space and rerun with --resume"
+        ) from None
+    except BaseException:
+        if created and not any(p.name != LOCK_FILE for p in out.iterdir()):
+            remove_tree(out)  # nothing of this attempt is worth keeping
+        raise
+
+
+def _generate(
+    spec: BankSpec,
+    jobs: int,
+    overwrite: bool,
+    resume: bool,
+    on_progress: Callable[[int], None] | None,
+    backend: str,
+) -> BankSummary:
     started = time.perf_counter()
-    _prepare_folder(spec, overwrite=overwrite, resume=resume)
+    reuse = _prepare_folder(spec, overwrite=overwrite, resume=resume)
+    parent_pid = os.getpid() if backend == "loky" else None
     todo: list[_Chunk] = []
     reused = 0
     for chunk, (start, stop) in enumerate(chunk_ranges(spec.count)):
-        if resume and _chunk_is_done(spec, chunk, start, stop):
+        if reuse and _chunk_is_done(spec, chunk, start, stop):
             reused += stop - start
         else:
-            todo.append(_Chunk(spec, chunk, start, stop))
+            todo.append(_Chunk(spec, chunk, start, stop, parent_pid))
     if on_progress and reused:
         on_progress(reused)
-    for _, finished in run_unordered(_render_chunk, todo, jobs=jobs, backend=backend):
-        if on_progress:
-            on_progress(finished)
+    results = run_unordered(_render_chunk, todo, jobs=jobs, backend=backend)
+    try:
+        _commit_chunks(results, on_progress)
+    except BaseException:
+        results.close()
+        if backend != "dask":  # nothing of ours writes here any more
+            for folder in (spec.out, spec.out / IMAGE_DIR, spec.out / PARTIAL_DIR):
+                remove_stale_temporaries(folder)
+        raise
     # A worker killed mid-write (its chunk then reran elsewhere) leaves temporary files; every
     # chunk has finished now, so nothing is writing here any more.
-    for folder in (spec.out, spec.out / IMAGE_DIR):
+    for folder in (spec.out, spec.out / IMAGE_DIR, spec.out / PARTIAL_DIR):
         remove_stale_temporaries(folder)
     manifest = build_manifest(
         image_format=spec.image_format,
@@ -241,13 +336,13 @@ def generate_bank(
         records=_collect_records(spec),
     )
     if spec.image_format == "h5":
-        blocks = (
-            (start, np.load(_chunk_array_path(spec.out, chunk)))
+        chunks = [
+            (start, _chunk_array_path(spec.out, chunk))
             for chunk, (start, _) in enumerate(chunk_ranges(spec.count))
-        )
-        write_h5(spec.out / H5_NAME, manifest, spec.options.size, blocks)
+        ]
+        write_h5_apart(spec.out / H5_NAME, manifest, spec.options.size, chunks)
     write_bytes_atomic(spec.out / MANIFEST, json.dumps(manifest, indent=1).encode())
-    shutil.rmtree(spec.out / PARTIAL_DIR)
+    remove_tree(spec.out / PARTIAL_DIR)
     return BankSummary(
         out=spec.out,
         images=spec.count,

@@ -59,6 +59,7 @@ def write_entry(
     about: Mapping[str, Any],
     *,
     class_names: Sequence[str] | None = None,
+    check_shards: bool = True,
 ) -> Manifest:
     """Write the entry file ``OUT.h5`` joining the shards in ``OUT.shards/``; return its
     :class:`~ipmix_cli.shards.manifest.Manifest`.
@@ -68,6 +69,8 @@ def write_entry(
     job's account of the output (``config``, ``seed``, ``copies``, ``num_sources``, ``source``,
     ``skipped``... see the manifest module); this function adds what it learns from the shards
     (count, mode, image shape, class names, the shard list). The entry is written atomically.
+    ``check_shards=False`` skips re-reading each shard's attributes, for a caller that has just
+    written (or deep-checked) them all; each shard's size is still taken from the disk.
     """
     entry = Path(entry_path)
     infos = sorted(
@@ -84,14 +87,20 @@ def write_entry(
         raise ShardError(entry, f"shards disagree on image shape {shapes} or mode {modes}")
     (h, w), mode = shapes.pop(), modes.pop()
     folder = shard_dir(entry)
+    sizes = []
     for s in infos:
-        on_disk = read_shard_info(folder / s.file)  # exists, readable, an ipmix shard
-        if (on_disk.count, on_disk.checksum) != (s.count, s.checksum):
-            raise ShardError(
-                folder / s.file,
-                f"holds {on_disk.count} images / {on_disk.checksum}, "
-                f"expected {s.count} / {s.checksum}",
-            )
+        if check_shards:
+            on_disk = read_shard_info(folder / s.file)  # exists, readable, an ipmix shard
+            if (on_disk.count, on_disk.checksum) != (s.count, s.checksum):
+                raise ShardError(
+                    folder / s.file,
+                    f"holds {on_disk.count} images / {on_disk.checksum}, "
+                    f"expected {s.count} / {s.checksum}",
+                )
+        try:
+            sizes.append((folder / s.file).stat().st_size)
+        except OSError:
+            raise ShardError(folder / s.file, "shard is missing") from None
     names = list(class_names if class_names is not None else about.get("class_names") or [])
     total = sum(s.count for s in infos)
     starts = np.cumsum([0] + [s.count for s in infos])
@@ -115,8 +124,9 @@ def write_entry(
                     "start": int(start),
                     "count": s.count,
                     "checksum": s.checksum,
+                    "bytes": size,
                 }
-                for s, rel, start in zip(infos, rel_files, starts, strict=False)
+                for s, rel, start, size in zip(infos, rel_files, starts, sizes, strict=False)
             ],
         }
     )

@@ -54,6 +54,9 @@ RESERVED_ATTRS = frozenset(
 )
 """Shard attributes the format defines; extra attributes a writer adds may not reuse them."""
 
+LOCK_FILE = ".lock"
+"""In the shard folder: the file a running job holds its lock on (empty once it is done)."""
+
 SHARD_NAME = re.compile(r"^shard-(\d{5,})\.h5$")
 
 Rows = TypeVar("Rows", int, np.ndarray)

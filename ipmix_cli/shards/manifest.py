@@ -35,33 +35,43 @@ MODES = ("standard", "jsd")
 
 @dataclass(frozen=True)
 class ShardRecord:
-    """One shard as the entry file records it: ``file`` relative to the entry's folder."""
+    """One shard as the entry file records it: ``file`` relative to the entry's folder, and
+    its size in bytes (format 2; ``None`` in older entries), which lets a reader check every
+    shard with one ``stat`` instead of opening thousands of HDF5 files."""
 
     index: int
     file: str
     start: int
     count: int
     checksum: str
+    bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "index": self.index,
             "file": self.file,
             "start": self.start,
             "count": self.count,
             "checksum": self.checksum,
         }
+        if self.bytes is not None:
+            out["bytes"] = self.bytes
+        return out
 
     @classmethod
     def from_dict(cls, d: Any, where: str) -> ShardRecord:
         if not isinstance(d, Mapping):
             raise ValueError(f"{where} is not a mapping")
+        size = d.get("bytes")
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int)):
+            raise ValueError(f"{where}: 'bytes' must be an integer, got {size!r}")
         return cls(
             index=_int(d, "index", where),
             file=_str(d, "file", where),
             start=_int(d, "start", where),
             count=_int(d, "count", where),
             checksum=_str(d, "checksum", where),
+            bytes=size,
         )
 
 

@@ -44,6 +44,19 @@ def is_hidden(name: str) -> bool:
     return name.startswith(".") or name.lower() in IGNORED_NAMES
 
 
+def is_ipmix_output(folder: Path, name: str) -> bool:
+    """Whether ``folder / name`` is (part of) an ``ipmix augment`` output: ``X.shards`` beside
+    ``X.h5``, or that ``X.h5``. An output written inside its input folder must not become part
+    of the input of a later run (nor change its fingerprint, which would refuse a resume)."""
+    if name.endswith(".shards"):
+        return (folder / (name[: -len(".shards")] + ".h5")).is_file() or any(
+            (folder / name / marker).exists() for marker in (".lock", ".work")
+        )
+    if name.endswith(".h5"):
+        return (folder / (name[: -len(".h5")] + ".shards")).is_dir()
+    return False
+
+
 class Source:
     """A labelled image data set, read one image (or batch) at a time as uint8 (H, W, 3) RGB.
 
@@ -115,6 +128,13 @@ class Source:
             return np.stack(images)
         return images
 
+    def image_of_other_size(self, size: tuple[int, int]) -> tuple[str, tuple[int, int]] | None:
+        """``(file, (h, w))`` of the first image whose size is not ``size``, or None: the job
+        checks this before any work when its pre-transform takes one size only."""
+        if self.image_size is not None and tuple(self.image_size) != tuple(size):
+            return str(self.path), self.image_size
+        return None
+
     def fingerprint(self) -> dict[str, Any]:
         """Paths, sizes and content hashes identifying this input (computed once, cached)."""
         if self._fingerprint is None:
@@ -174,9 +194,22 @@ def check_labels(path: Path, labels: Any, n: int, key: str = "labels") -> np.nda
     return lab
 
 
+MAX_UNNAMED_CLASSES = 1_000_000
+"""Without class names, labels must be ids 0..C-1 with C at most this (ImageNet-21k has 21,841):
+a stray label of 2**40 must not allocate a list of 2**40 names."""
+
+
 def class_names_for(path: Path, labels: np.ndarray, names: Sequence[str]) -> list[str]:
+    """The class names of ``labels``: ``names`` when given (which must cover every label),
+    else ``"0" .. str(max label)``."""
     top = int(labels.max()) + 1 if len(labels) else 0
     if not names:
+        if top > MAX_UNNAMED_CLASSES:
+            raise SourceError(
+                path,
+                f"labels go up to {top - 1}, but without class names labels must be class ids "
+                f"0..{MAX_UNNAMED_CLASSES - 1}; give class names or renumber the labels",
+            )
         return [str(c) for c in range(top)]
     if top > len(names):
         raise SourceError(

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ipmix_cli.errors import DecodeError, IpmixError, SourceError
-from ipmix_cli.sources.base import Source, is_hidden, sha256_file
+from ipmix_cli.sources.base import Source, is_hidden, is_ipmix_output, sha256_file
 from ipmix_cli.sources.decode import decode_image, is_image_name
 
 
@@ -77,7 +77,11 @@ class FolderSource(Source):
         entries = list(os.scandir(root))
         if not any(not is_hidden(e.name) for e in entries):
             raise SourceError(root, "folder is empty")
-        classes = sorted(e.name for e in entries if not is_hidden(e.name) and e.is_dir())
+        classes = sorted(
+            e.name
+            for e in entries
+            if not is_hidden(e.name) and e.is_dir() and not is_ipmix_output(root, e.name)
+        )
         if not classes:
             n_top = sum(1 for e in entries if e.is_file() and is_image_name(e.name))
             hint = f" (found {n_top} image files at the top level)" if n_top else ""
@@ -100,6 +104,7 @@ class FolderSource(Source):
 
         results = self._probe([rel for rel, _ in candidates], validate, n_jobs)
         kept: list[tuple[str, int]] = []
+        kept_sizes: list[tuple[int, int]] = []
         sizes: set[tuple[int, int]] = set()
         hash_lines: list[str] = []
         total_bytes = 0
@@ -108,6 +113,7 @@ class FolderSource(Source):
                 problems.append((rel, error))
                 continue
             kept.append((rel, label))
+            kept_sizes.append(size)
             sizes.add(size)
             total_bytes += nbytes
             hash_lines.append(f"{rel}\t{nbytes}\t{digest}\n")
@@ -125,17 +131,34 @@ class FolderSource(Source):
         self._relpaths = "\0".join(rel for rel, _ in kept)  # one str: cheap to pickle
         self.labels = np.fromiter((lab for _, lab in kept), dtype=np.int64, count=len(kept))
         self.image_size = next(iter(sizes)) if len(sizes) == 1 else None
+        self._cache_sizes = np.array(kept_sizes, dtype=np.int32).reshape(-1, 2)
         if validate:
             self._fingerprint = self._fingerprint_from(hash_lines, total_bytes)
 
+    def image_of_other_size(self, size: tuple[int, int]) -> tuple[str, tuple[int, int]] | None:
+        sizes = self.__dict__.get("_cache_sizes")
+        if sizes is None:  # unpickled in a worker: the scan's sizes stayed with the parent
+            return super().image_of_other_size(size)
+        other = np.flatnonzero((sizes != np.asarray(size, dtype=np.int32)).any(axis=1))
+        if not other.size:
+            return None
+        i = int(other[0])
+        return str(self.file_path(i)), (int(sizes[i, 0]), int(sizes[i, 1]))
+
     @staticmethod
     def _walk(root: Path, cls: str) -> list[str]:
-        """Non-hidden files under ``root/cls``, as sorted posix paths relative to ``root``."""
+        """Non-hidden files under ``root/cls``, as sorted posix paths relative to ``root``
+        (ipmix outputs written in there are not part of the data set)."""
         found: list[str] = []
         for dirpath, dirnames, filenames in os.walk(root / cls):
-            dirnames[:] = [d for d in dirnames if not is_hidden(d)]
-            rel_dir = Path(dirpath).relative_to(root).as_posix()
-            found.extend(f"{rel_dir}/{f}" for f in filenames if not is_hidden(f))
+            here = Path(dirpath)
+            dirnames[:] = [d for d in dirnames if not is_hidden(d) and not is_ipmix_output(here, d)]
+            rel_dir = here.relative_to(root).as_posix()
+            found.extend(
+                f"{rel_dir}/{f}"
+                for f in filenames
+                if not is_hidden(f) and not is_ipmix_output(here, f)
+            )
         return sorted(found)
 
     def _probe(self, relpaths: list[str], full: bool, n_jobs: int) -> list[tuple]:

@@ -1,0 +1,232 @@
+"""The augment job's output on disk: what is there, who may write it, and what may be removed.
+
+An output is the entry file ``OUT.h5`` and the folder ``OUT.shards`` (shards, the job's work
+folder ``.work`` while it runs, and the ``.lock`` file). Rules, checked before any work:
+
+* Nothing the user already has is replaced without ``--overwrite``; nothing that is an input
+  (the data set, the mixing set, a labels file) is ever removed, even with ``--overwrite``.
+* ``--resume`` continues only the same job: same inputs, options and library versions, whether
+  the earlier run was interrupted or finished; anything else is refused, naming what differs.
+* A failed or stopped attempt that committed no shard blocks nothing: the next run clears it.
+* One job per output at a time (:mod:`ipmix_cli.fs.lock`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+
+from ipmix_cli.errors import AugmentError, OutputError, ShardError
+from ipmix_cli.fs.lock import exclusive_lock
+from ipmix_cli.fs.tree import remove_tree
+from ipmix_cli.shards import read_manifest, shard_dir
+from ipmix_cli.shards.layout import LOCK_FILE, SHARD_NAME
+
+WORK_DIR = ".work"
+JOB_FILE = "job.json"
+
+_WHAT = {
+    "environment": "library versions",
+    "config": "recipe options",
+    "seed": "seed",
+    "copies": "copies",
+    "rows_per_shard": "shard size",
+    "compression": "compression",
+    "source": "input data",
+    "source_count": "number of input images",
+    "mixing_set": "mixing set",
+}
+
+
+class State(enum.Enum):
+    ABSENT = "absent"  # nothing there
+    STALE = "stale"  # a folder with no finished shard and no entry: an attempt that failed early
+    UNFINISHED = "unfinished"  # finished shards, no entry file: an interrupted run
+    FINISHED = "finished"  # an entry file
+
+
+class AugmentOutput:
+    """``OUT.h5`` and ``OUT.shards`` of one job."""
+
+    def __init__(self, entry: Path) -> None:
+        self.entry = Path(entry).absolute()
+        self.folder = shard_dir(self.entry)
+        self.work = self.folder / WORK_DIR
+        self.job_file = self.work / JOB_FILE
+
+    # -- checks made before any work (nothing is written) -----------------------------------
+    def check_names(self) -> None:
+        """The names can be written: valid UTF-8 (HDF5 file names in the entry file must be),
+        an entry file name rather than a folder, a shard folder that is not a file, and a place
+        this process may create them in."""
+        for path in (self.entry, self.folder):
+            try:
+                os.fsencode(path).decode("utf-8")
+            except UnicodeDecodeError:
+                raise OutputError(
+                    path, "name is not valid UTF-8; HDF5 cannot record it, choose another --out"
+                ) from None
+        if self.entry.is_dir():
+            raise OutputError(self.entry, "is a folder; --out names the entry file, e.g. data.h5")
+        if self.folder.exists() and not self.folder.is_dir():
+            raise OutputError(self.folder, "exists and is not a folder; move it away")
+        parent = self.entry.parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise OutputError(self.entry, f"cannot write here ({parent} is not a folder)")
+        probe = self.folder if self.folder.is_dir() else parent
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise OutputError(self.entry, f"cannot write here ({probe} is not writable)")
+
+    def check_apart_from(self, inputs: Iterable[Path | None]) -> None:
+        """No input is, or lies inside, what this output writes or removes."""
+        mine = [self.entry, self.folder]
+        for given in inputs:
+            if given is None:
+                continue
+            path = Path(given).absolute().resolve()
+            for own in mine:
+                own = own.resolve()
+                if path == own or own in path.parents:
+                    raise OutputError(
+                        self.entry,
+                        f"the input {given} is part of this output; choose another --out",
+                    )
+        # An output inside an input folder is fine: the folder's scan skips it.
+
+    # -- what is there -----------------------------------------------------------------------
+    def finished_shards(self) -> list[Path]:
+        if not self.folder.is_dir():
+            return []
+        return sorted(p for p in self.folder.iterdir() if SHARD_NAME.match(p.name))
+
+    def state(self) -> State:
+        if self.entry.exists():
+            return State.FINISHED
+        if self.finished_shards():
+            return State.UNFINISHED
+        if self.folder.exists():
+            return State.STALE
+        return State.ABSENT
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[bool]:
+        """Create the shard folder if needed and hold the output's lock; yields whether this
+        call created the folder (so a failure that committed nothing can remove it again)."""
+        created = not self.folder.exists()
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise OutputError(
+                self.entry, f"cannot write here ({error.strerror or error})"
+            ) from None
+        with exclusive_lock(self.folder / LOCK_FILE, self.entry):
+            yield created
+
+    # -- deciding, under the lock ------------------------------------------------------------
+    def claim(self, identity: dict[str, Any], job_hash: str, overwrite: bool, resume: bool) -> bool:
+        """Make the output ready for the job ``identity``; return whether shards already there
+        may be reused. Refuses (one line) whatever would replace a user's output without
+        ``--overwrite`` or mix shards of two different jobs."""
+        state = self.state()
+        if overwrite:
+            self.clear()
+            return False
+        if state is State.FINISHED:
+            if not resume:
+                raise OutputError(self.entry, "output exists; pass --overwrite to replace it")
+            self._same_job(self._finished_identity(), identity, "the finished output")
+            return True
+        if state is State.UNFINISHED:
+            previous = self._recorded_identity()
+            if not resume:
+                raise OutputError(
+                    self.entry,
+                    f"an interrupted run left {len(self.finished_shards())} finished shards "
+                    "here; pass --resume to continue it or --overwrite to start again",
+                )
+            if previous is not None:
+                self._same_job(previous, identity, "the interrupted run")
+            elif self.shard_jobs() - {job_hash}:
+                raise AugmentError(
+                    self.entry,
+                    "cannot resume: the finished shards here were made by another job (other "
+                    "inputs or options); pass --overwrite to start again",
+                )
+            return True
+        if state is State.STALE:
+            self.clear()  # an attempt that committed nothing: nothing to keep
+        return False
+
+    def clear(self) -> None:
+        """Remove the entry file and everything in the shard folder but the lock."""
+        remove_tree(self.entry)
+        remove_tree(self.folder, keep={LOCK_FILE})
+
+    def discard_attempt(self) -> None:
+        """After a failure that committed no shard: leave no trace of this attempt."""
+        if not self.entry.exists() and not self.finished_shards():
+            remove_tree(self.folder)
+
+    def _recorded_identity(self) -> dict[str, Any] | None:
+        if not self.job_file.exists():
+            return None
+        try:
+            previous = json.loads(self.job_file.read_text())
+        except (OSError, ValueError) as error:
+            raise AugmentError(
+                self.job_file,
+                f"unreadable record of the interrupted run ({error}); pass --overwrite to start "
+                "again",
+            ) from None
+        if not isinstance(previous, dict):
+            raise AugmentError(
+                self.job_file, "not a record of an ipmix run; pass --overwrite to start again"
+            )
+        return previous
+
+    def _finished_identity(self) -> dict[str, Any]:
+        try:
+            m = read_manifest(self.entry)
+        except ShardError as error:
+            raise AugmentError(f"{error}; pass --overwrite to replace it") from None
+        source = m.source or {}
+        return {
+            "environment": m.environment,
+            "config": m.config,
+            "seed": m.seed,
+            "copies": m.copies,
+            "rows_per_shard": m.rows_per_shard,
+            "compression": m.compression,
+            "source": source.get("fingerprint"),
+            "source_count": m.num_sources,
+            "mixing_set": m.mixing_set,
+        }
+
+    def _same_job(self, previous: dict[str, Any], identity: dict[str, Any], what: str) -> None:
+        changed = [key for key in identity if previous.get(key) != identity[key]]
+        if changed:
+            differ = ", ".join(_WHAT.get(key, key) for key in changed)
+            raise AugmentError(
+                self.entry,
+                f"cannot resume: {differ} differ from {what}; resume with the same inputs and "
+                "options, or pass --overwrite to start again",
+            )
+
+    def shard_jobs(self) -> set[str]:
+        """The job hashes recorded in the finished shards (a run with no record left)."""
+        jobs = set()
+        for path in self.finished_shards():
+            with contextlib.suppress(OSError, KeyError, ValueError):
+                with h5py.File(path, "r") as f:
+                    job = f.attrs.get("job")
+                jobs.add(job.decode() if isinstance(job, bytes) else str(job))
+        return jobs
