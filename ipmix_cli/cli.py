@@ -275,12 +275,15 @@ def inspect_command(entry: Path, as_json: bool) -> None:
 @main.command()
 @click.argument("entry", type=click.Path(path_type=Path))
 @click.option("--quick", is_flag=True, help="Skip re-hashing the data (structure only).")
+@click.option(
+    "--jobs", default=-1, show_default=True, type=int, callback=check_jobs, help="-1: all cores."
+)
 @friendly_errors
-def verify(entry: Path, quick: bool) -> None:
+def verify(entry: Path, quick: bool, jobs: int) -> None:
     """Check every shard: present, checksums, shapes, labels. Exit 1 on any fault."""
     from ipmix_cli.commands.output import verify_output
 
-    verify_output(entry, quick)
+    verify_output(entry, quick, jobs)
 
 
 @main.command()

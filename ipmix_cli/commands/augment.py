@@ -74,22 +74,29 @@ def augment_dataset(spec: AugmentSpec, run: RunOptions) -> None:
     if run.dry_run:
         _dry_run(spec)
         return
-    bar = progress_bar(0, "augment", enabled=not run.quiet)
+    bars = []  # made once the job's checks have passed: a refused job shows no bar
 
     def start(total: int, done: int) -> None:
-        bar.reset(total=total)
-        bar.update(done)
+        bars.append(progress_bar(total, "augment", enabled=not run.quiet))
+        bars[0].update(done)
 
-    with bar, backend_session(backend, run.scheduler):
-        summary = run_augment(
-            spec,
-            jobs=run.jobs,
-            overwrite=run.overwrite,
-            resume=run.resume,
-            on_start=start,
-            on_progress=bar.update,
-            backend=backend,
-        )
+    def progress(n: int) -> None:
+        bars[0].update(n)
+
+    try:
+        with backend_session(backend, run.scheduler):
+            summary = run_augment(
+                spec,
+                jobs=run.jobs,
+                overwrite=run.overwrite,
+                resume=run.resume,
+                on_start=start,
+                on_progress=progress,
+                backend=backend,
+            )
+    finally:
+        for bar in bars:
+            bar.close()
     for path, reason in summary.skipped:
         click.echo(f"skipped {path}: {reason}", err=True)
     click.echo(summary.line())

@@ -69,18 +69,26 @@ def generate_fractals(spec: BankSpec, run: RunOptions, preview: Path | None = No
     backend = resolve_backend(run.backend, run.scheduler, default="threads")
     if preview is not None and preview.exists() and not run.overwrite:
         raise OutputError(preview, "preview file exists; pass --overwrite to replace it")
-    with (
-        backend_session(backend, run.scheduler),
-        progress_bar(spec.count, "fractals", enabled=not run.quiet) as bar,
-    ):
-        summary = generate_bank(
-            spec,
-            jobs=run.jobs,
-            overwrite=run.overwrite,
-            resume=run.resume,
-            on_progress=bar.update,
-            backend=backend,
-        )
+    bars = []  # made at the first progress: a refused job shows no bar
+
+    def progress(n: int) -> None:
+        if not bars:
+            bars.append(progress_bar(spec.count, "fractals", enabled=not run.quiet))
+        bars[0].update(n)
+
+    try:
+        with backend_session(backend, run.scheduler):
+            summary = generate_bank(
+                spec,
+                jobs=run.jobs,
+                overwrite=run.overwrite,
+                resume=run.resume,
+                on_progress=progress,
+                backend=backend,
+            )
+    finally:
+        for bar in bars:
+            bar.close()
     size = spec.options.size
     if preview is not None:
         images = read_bank_images(spec.out, limit=PREVIEW_IMAGES)

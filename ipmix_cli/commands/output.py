@@ -42,9 +42,9 @@ def inspect_output(entry: Path, as_json: bool) -> None:
     )
 
 
-def verify_output(entry: Path, quick: bool) -> None:
+def verify_output(entry: Path, quick: bool, jobs: int = -1) -> None:
     """``ipmix verify``: one line per fault and a non-zero exit if there is any."""
-    report = verify(entry, deep=not quick)
+    report = verify(entry, deep=not quick, jobs=jobs)
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
     for fault in report.faults:
