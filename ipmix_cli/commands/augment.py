@@ -12,7 +12,7 @@ from ipmix_cli.commands import RunOptions
 from ipmix_cli.jobs.augment_job import preflight, run_augment
 from ipmix_cli.jobs.augment_spec import AugmentSpec
 from ipmix_cli.jobs.parallel import backend_session, resolve_backend
-from ipmix_cli.ui.progress import progress_bar
+from ipmix_cli.ui.progress import LazyBar
 
 
 def augment_spec(
@@ -74,29 +74,19 @@ def augment_dataset(spec: AugmentSpec, run: RunOptions) -> None:
     if run.dry_run:
         _dry_run(spec)
         return
-    bars = []  # made once the job's checks have passed: a refused job shows no bar
-
-    def start(total: int, done: int) -> None:
-        bars.append(progress_bar(total, "augment", enabled=not run.quiet))
-        bars[0].update(done)
-
-    def progress(n: int) -> None:
-        bars[0].update(n)
-
-    try:
-        with backend_session(backend, run.scheduler):
-            summary = run_augment(
-                spec,
-                jobs=run.jobs,
-                overwrite=run.overwrite,
-                resume=run.resume,
-                on_start=start,
-                on_progress=progress,
-                backend=backend,
-            )
-    finally:
-        for bar in bars:
-            bar.close()
+    with (
+        LazyBar("augment", enabled=not run.quiet) as bar,
+        backend_session(backend, run.scheduler),
+    ):
+        summary = run_augment(
+            spec,
+            jobs=run.jobs,
+            overwrite=run.overwrite,
+            resume=run.resume,
+            on_start=bar.start,
+            on_progress=bar.update,
+            backend=backend,
+        )
     for path, reason in summary.skipped:
         click.echo(f"skipped {path}: {reason}", err=True)
     click.echo(summary.line())

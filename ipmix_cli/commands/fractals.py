@@ -16,7 +16,7 @@ from ipmix_cli.errors import BankError, OutputError
 from ipmix_cli.jobs.bank_job import BankSpec, generate_bank
 from ipmix_cli.jobs.parallel import backend_session, resolve_backend
 from ipmix_cli.ui.contact_sheet import contact_sheet, save_png_atomic
-from ipmix_cli.ui.progress import progress_bar
+from ipmix_cli.ui.progress import LazyBar
 
 PREVIEW_IMAGES = 64
 
@@ -69,26 +69,24 @@ def generate_fractals(spec: BankSpec, run: RunOptions, preview: Path | None = No
     backend = resolve_backend(run.backend, run.scheduler, default="threads")
     if preview is not None and preview.exists() and not run.overwrite:
         raise OutputError(preview, "preview file exists; pass --overwrite to replace it")
-    bars = []  # made at the first progress: a refused job shows no bar
+    with (
+        LazyBar("fractals", enabled=not run.quiet) as bar,
+        backend_session(backend, run.scheduler),
+    ):
 
-    def progress(n: int) -> None:
-        if not bars:
-            bars.append(progress_bar(spec.count, "fractals", enabled=not run.quiet))
-        bars[0].update(n)
+        def progress(n: int) -> None:
+            if bar.bar is None:  # the first report comes once the checks have passed
+                bar.start(spec.count)
+            bar.update(n)
 
-    try:
-        with backend_session(backend, run.scheduler):
-            summary = generate_bank(
-                spec,
-                jobs=run.jobs,
-                overwrite=run.overwrite,
-                resume=run.resume,
-                on_progress=progress,
-                backend=backend,
-            )
-    finally:
-        for bar in bars:
-            bar.close()
+        summary = generate_bank(
+            spec,
+            jobs=run.jobs,
+            overwrite=run.overwrite,
+            resume=run.resume,
+            on_progress=progress,
+            backend=backend,
+        )
     size = spec.options.size
     if preview is not None:
         images = read_bank_images(spec.out, limit=PREVIEW_IMAGES)

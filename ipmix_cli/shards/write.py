@@ -8,7 +8,6 @@ disk happens away from the computing.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import h5py
 import numpy as np
 
 from ipmix_cli.errors import ShardError
-from ipmix_cli.fs.atomic import commit_temporary, temporary_sibling, write_error, write_new_file
+from ipmix_cli.fs.atomic import StagedFile, stage_bytes, write_error
 from ipmix_cli.shards.attrs import attr_value, decode_attr
 from ipmix_cli.shards.checksum import CHECKSUM_METHOD, compute_checksum
 from ipmix_cli.shards.layout import (
@@ -95,26 +94,25 @@ class PendingShard:
 
     Small and picklable: a worker process returns it to the parent, which commits it."""
 
-    tmp: Path
-    path: Path
+    staged: StagedFile
     info: ShardInfo
+
+    @property
+    def tmp(self) -> Path:
+        return self.staged.tmp
+
+    @property
+    def path(self) -> Path:
+        return self.staged.final
 
     def commit(self) -> ShardInfo:
         """fsync the file, rename it to its final name, fsync the folder; on any failure (an
         interrupt included) the temporary file goes and the final name is left as it was."""
-        try:
-            commit_temporary(self.tmp, self.path)
-        except OSError as error:
-            self.discard()
-            raise write_error(self.path, error) from None
-        except BaseException:
-            self.discard()
-            raise
+        self.staged.commit()
         return self.info
 
     def discard(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.tmp.unlink()
+        self.staged.discard()
 
 
 def write_shard(
@@ -178,15 +176,14 @@ def write_shard_pending(
         filters = {"compression": "lzf"}
     with h5_in_memory(sum(a.nbytes for a in data.values())) as (f, image):
         _fill_shard(f, data, filters, chunk_bytes, index, mode, checksum, extra)
-    tmp = temporary_sibling(p)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
-        write_new_file(tmp, image[0])
     except OSError as error:
         raise write_error(p, error) from None
+    staged = stage_bytes(p, image[0])
     stored = {k: decode_attr(attr_value(v)) for k, v in extra.items()}  # as read back
     info = ShardInfo(int(index), p.name, int(n), checksum, (int(h), int(w)), mode, stored)
-    return PendingShard(tmp, p, info)
+    return PendingShard(staged, info)
 
 
 def _fill_shard(

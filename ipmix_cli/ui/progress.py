@@ -23,3 +23,28 @@ def progress_bar(total: int, description: str, unit: str = "img", enabled: bool 
         disable=not enabled,
         smoothing=0.1,
     )
+
+
+class LazyBar:
+    """A progress bar that appears only once the job has started (:meth:`start`), so a job
+    refused by its checks prints its one-line error and nothing else. A context manager that
+    closes the bar, if there is one."""
+
+    def __init__(self, description: str, unit: str = "img", enabled: bool = True) -> None:
+        self.description, self.unit, self.enabled = description, unit, enabled
+        self.bar: tqdm | None = None
+
+    def start(self, total: int, done: int = 0) -> None:
+        self.bar = progress_bar(total, self.description, self.unit, self.enabled)
+        self.bar.update(done)
+
+    def update(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+
+    def __enter__(self) -> LazyBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
