@@ -20,12 +20,10 @@ Design choices, and why:
 
 from __future__ import annotations
 
-import math
-
 import numba as nb
 import numpy as np
 
-from fractals import colour, rng
+from fractals import colour, detmath, rng
 
 PLASMA_BINS = 2048
 _M16 = np.uint64(0xFFFF)
@@ -64,7 +62,7 @@ def diamond_square(state: np.ndarray, n: int, decay: float) -> np.ndarray:
     top = np.uint64(side)
     zero = np.uint64(0)
     for k in range(1, n + 1):
-        m = 0.5 * math.exp(decay * (1 - k))
+        m = 0.5 * detmath.exp(decay * (1 - k))  # detmath: the same bits on every CPU
         scale = 2.0 * m * _INV16  # 16-bit slice -> U(-m, m)
         half = np.uint64(side >> k)
         step = half + half

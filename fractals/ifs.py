@@ -22,7 +22,7 @@ import math
 import numba as nb
 import numpy as np
 
-from fractals import rng
+from fractals import detmath, rng
 
 MIN_MAPS = 2
 MAX_MAPS = 4
@@ -63,8 +63,8 @@ def _rotation_with_flip(state: np.ndarray) -> tuple[float, float, float, float]:
     theta = rng.uniform_range(state, -math.pi, math.pi)
     f1 = 1.0 if rng.coin(state) else -1.0
     f2 = 1.0 if rng.coin(state) else -1.0
-    c = math.cos(theta)
-    s = math.sin(theta)
+    c = detmath.cos(theta)  # not libm: its last bit differs between CPUs
+    s = detmath.sin(theta)
     return c * f1, -s * f2, s * f1, c * f2
 
 

@@ -40,7 +40,7 @@ import numba as nb
 import numpy as np
 
 from fractals import background as bg
-from fractals import colour, ifs, render, rng
+from fractals import colour, detmath, ifs, render, rng
 
 # Stream tags (the second key of stream_key_nb; the fractal number f is folded in as 16 * f).
 TAG_BASE = 1
@@ -267,10 +267,12 @@ def _geometry(
 @nb.njit(cache=True)
 def _gaussian_blur(img: np.ndarray, sigma: float, work: np.ndarray) -> None:
     """In-place 3 x 3 Gaussian blur (the reference's kernel size), separable, with
-    reflect-101 borders (OpenCV's default)."""
+    reflect-101 borders (OpenCV's default). The weight comes from :func:`fractals.detmath.exp`:
+    libm's ``exp`` can differ in the last bit between CPUs, and that moves a pixel whose
+    blurred value sits on a rounding edge."""
     h = img.shape[0]
     w = img.shape[1]
-    side = math.exp(-0.5 / (sigma * sigma))
+    side = detmath.exp(-0.5 / (sigma * sigma))
     k1 = side / (1.0 + 2.0 * side)
     k0 = 1.0 / (1.0 + 2.0 * side)
     for i in range(h):

@@ -11,6 +11,8 @@ because the stream must be advanced from inside jitted code. SplitMix64 passes B
 one 64-bit word of state, and its key derivation is a few multiplies.
 
 A stream's state lives in a one-element ``uint64`` array so jitted callees can advance it.
+Draws that need a logarithm, a power or a cosine take them from :mod:`fractals.detmath`, so a
+stream gives the same floats on every CPU, not only the same integers.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import math
 
 import numba as nb
 import numpy as np
+
+from fractals import detmath
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -76,14 +80,15 @@ def coin(state: np.ndarray) -> bool:
 
 @nb.njit(cache=True, inline="always")
 def exponential(state: np.ndarray) -> float:
-    """A standard exponential draw (used to build Dirichlet(1, ..., 1) weights)."""
-    return -math.log(1.0 - uniform(state))
+    """A standard exponential draw (used to build Dirichlet(1, ..., 1) weights). The
+    logarithm is :mod:`fractals.detmath`'s, not libm's, so the draw is the same on every CPU."""
+    return -detmath.log(1.0 - uniform(state))
 
 
 @nb.njit(cache=True, inline="always")
 def beta_a1(state: np.ndarray, a: float) -> float:
-    """Beta(a, 1) by inversion: its CDF is x**a."""
-    return (1.0 - uniform(state)) ** (1.0 / a)
+    """Beta(a, 1) by inversion: its CDF is x**a (the power is :func:`fractals.detmath.pow`)."""
+    return detmath.pow(1.0 - uniform(state), 1.0 / a)
 
 
 @nb.njit(cache=True, inline="always")
@@ -94,10 +99,10 @@ def beta_1b(state: np.ndarray, b: float) -> float:
 
 @nb.njit(cache=True, inline="always")
 def normal(state: np.ndarray) -> float:
-    """A standard normal draw (Box-Muller, one of the pair)."""
+    """A standard normal draw (Box-Muller, one of the pair; detmath's log and cos)."""
     u1 = 1.0 - uniform(state)
     u2 = uniform(state)
-    return math.sqrt(-2.0 * math.log(u1)) * math.cos(2.0 * math.pi * u2)
+    return math.sqrt(-2.0 * detmath.log(u1)) * detmath.cos(2.0 * math.pi * u2)
 
 
 def _mix64_py(z: int) -> int:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import decimal
+import functools
+from decimal import Decimal
+from fractions import Fraction
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -56,6 +61,37 @@ def test_multiply_matches_closed_form(wa: float, wb: float) -> None:
     got = mix_multiply(a, b, wa, wb)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+
+
+_CTX = decimal.Context(prec=34, Emin=-99999, Emax=99999)
+
+
+@functools.cache
+def _exact_pow32(x: float, y: float) -> np.float32:
+    """The float32 nearest to the exact ``x ** y`` (ties to even), by decimal arithmetic."""
+    if x == 0:
+        return F(0.0)
+    exact = _CTX.exp(_CTX.multiply(Decimal(y), _CTX.ln(Decimal(x))))
+    f = F(float(exact))
+    candidates = [np.nextafter(f, F(-np.inf)), f, np.nextafter(f, F(np.inf))]
+    target = Fraction(exact)
+    return min(
+        candidates, key=lambda c: (abs(Fraction(float(c)) - target), int(c.view(np.int32)) & 1)
+    )
+
+
+@pytest.mark.parametrize(("wa", "wb"), WEIGHTS)
+def test_multiply_is_exact_on_pixel_values(wa: float, wb: float) -> None:
+    """On the 256 x 256 pixel-value pairs the patch kernel sees, the rule is the float32
+    expression with correctly rounded powers, bit for bit (detmath's pow32; the patch kernel's
+    tabulated powers are checked against the same oracle in test_patch.py)."""
+    a = np.repeat(U8_TO_UNIT, 256).reshape(256, 256, 1)
+    b = np.tile(U8_TO_UNIT, 256).reshape(256, 256, 1)
+    wa32, wb32 = F(wa), F(wb)
+    pa = np.array([_exact_pow32(float(v * F(2)), float(wa32)) for v in U8_TO_UNIT], F)
+    pb = np.array([_exact_pow32(float(max(v * F(2), F(1e-37))), float(wb32)) for v in U8_TO_UNIT])
+    expected = (pa[:, None] * pb.astype(F)[None, :] / F(2)).reshape(256, 256, 1)
+    assert np.array_equal(mix_multiply(a, b, wa, wb), expected)
 
 
 def test_multiply_clip_keeps_zero_source_finite() -> None:

@@ -22,8 +22,12 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from fractals.detmath import pow_from_log2, powers32_from_log2
 from fractals.rng import coin, randint, uniform
 from ipmix_cli.augment.pixel_rules import (
+    MULTIPLY_BASE_A,
+    MULTIPLY_BASE_B,
+    MULTIPLY_LOG2,
     OVERFLOW_WRAP,
     RULE_ADD,
     RULE_MULTIPLY,
@@ -76,8 +80,6 @@ OPF_WB = 14
 OPF_Q = 15  # mask threshold of the random rules
 OP_FIELDS = 16
 
-_TINY = np.float32(1e-37)  # multiply's clip of 2b, as in mixing.multiply_px
-
 
 @nb.njit(cache=True)
 def patch_mix(
@@ -124,8 +126,8 @@ def patch_mix(
         rec[OPF_WB] = wb
         rec[OPF_Q] = np.nan
         # Both rules are f(a) (+ or *) g(b) followed by the same arithmetic, and a, b take only
-        # 256 values: tabulate f and g once (bit-identical to computing them per element, it is
-        # the same float32 expression) instead of two powf per element for multiply.
+        # 256 values: tabulate f and g (bit-identical to computing them per element) instead of
+        # evaluating them per element.
         ta = np.empty(256, dtype=np.float32)
         tb = np.empty(256, dtype=np.float32)
         if rule == RULE_ADD:
@@ -133,23 +135,59 @@ def patch_mix(
                 u2 = U8_TO_UNIT[v] * np.float32(2.0) - np.float32(1.0)
                 ta[v] = wa * u2
                 tb[v] = wb * u2
-        else:
+            for y in range(top, top + ph):
+                crow = c[y]
+                srow = src[y]
+                for x in range(left, left + pw):
+                    for ch in range(3):
+                        mixed = (
+                            (ta[crow[x, ch]] + tb[srow[x, ch]]) + np.float32(1.0)
+                        ) / np.float32(2.0)
+                        v255 = mixed * np.float32(255.0)
+                        crow[x, ch] = truncate_wrap(v255) if wrap else truncate_clip(v255)
+            return
+        # Multiply: the powers are detmath's, from the bases' tabulated logarithms (the same bits
+        # as multiply_px's pow32, on every CPU). A small box needs fewer powers than the table
+        # holds (4 x 4 px: at most 96 of 512), so there each one is computed the first time the
+        # box uses its value, NaN marking the others (a power of a non-negative base to a finite
+        # weight is never NaN); a larger box fills the whole table first, which keeps the
+        # per-element loop free of branches that random values would mispredict.
+        wa64 = np.float64(wa)
+        wb64 = np.float64(wb)
+        if 6 * pw * ph <= 256:
             for v in range(256):
-                u2 = U8_TO_UNIT[v] * np.float32(2.0)
-                ta[v] = u2**wa
-                tb[v] = max(u2, _TINY) ** wb
+                ta[v] = np.float32(np.nan)
+                tb[v] = np.float32(np.nan)
+            for y in range(top, top + ph):
+                crow = c[y]
+                srow = src[y]
+                for x in range(left, left + pw):
+                    for ch in range(3):
+                        va = crow[x, ch]
+                        fa = ta[va]
+                        if fa != fa:
+                            t1 = MULTIPLY_LOG2[0, va]
+                            t2 = MULTIPLY_LOG2[1, va]
+                            fa = np.float32(pow_from_log2(MULTIPLY_BASE_A[va], wa64, t1, t2))
+                            ta[va] = fa
+                        vb = srow[x, ch]
+                        fb = tb[vb]
+                        if fb != fb:
+                            t1 = MULTIPLY_LOG2[0, vb]
+                            t2 = MULTIPLY_LOG2[1, vb]
+                            fb = np.float32(pow_from_log2(MULTIPLY_BASE_B[vb], wb64, t1, t2))
+                            tb[vb] = fb
+                        v255 = (fa * fb / np.float32(2.0)) * np.float32(255.0)
+                        crow[x, ch] = truncate_wrap(v255) if wrap else truncate_clip(v255)
+            return
+        powers32_from_log2(MULTIPLY_BASE_A, MULTIPLY_LOG2, wa64, ta)
+        powers32_from_log2(MULTIPLY_BASE_B, MULTIPLY_LOG2, wb64, tb)
         for y in range(top, top + ph):
             crow = c[y]
             srow = src[y]
             for x in range(left, left + pw):
                 for ch in range(3):
-                    fa = ta[crow[x, ch]]
-                    fb = tb[srow[x, ch]]
-                    if rule == RULE_ADD:
-                        mixed = ((fa + fb) + np.float32(1.0)) / np.float32(2.0)
-                    else:
-                        mixed = fa * fb / np.float32(2.0)
-                    v255 = mixed * np.float32(255.0)
+                    v255 = (ta[crow[x, ch]] * tb[srow[x, ch]] / np.float32(2.0)) * np.float32(255.0)
                     crow[x, ch] = truncate_wrap(v255) if wrap else truncate_clip(v255)
         return
 

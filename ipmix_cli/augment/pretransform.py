@@ -23,6 +23,7 @@ import numba as nb
 import numpy as np
 from PIL import Image
 
+from fractals import detmath
 from fractals.rng import coin, randint, uniform_range
 
 __all__ = [
@@ -141,11 +142,11 @@ def rrc_params(
     fits, a centre crop clamped to the ratio range (``attempt`` = 10).
     """
     area = height * width
-    log_lo = math.log(ratio_lo)
-    log_hi = math.log(ratio_hi)
+    log_lo = detmath.log(ratio_lo)  # detmath, not libm: the same crop on every CPU
+    log_hi = detmath.log(ratio_hi)
     for attempt in range(10):
         target_area = area * uniform_range(state, scale_lo, scale_hi)
-        aspect = math.exp(uniform_range(state, log_lo, log_hi))
+        aspect = detmath.exp(uniform_range(state, log_lo, log_hi))
         w = int(np.rint(math.sqrt(target_area * aspect)))
         h = int(np.rint(math.sqrt(target_area / aspect)))
         if 0 < w <= width and 0 < h <= height:
