@@ -22,6 +22,9 @@ def refresh() -> bool:
     fractals_dir = Path(fractals.__file__).resolve().parent
     augment_dir = Path(__file__).resolve().parent / "augment"
     dropped = drop_stale_caches(fractals_dir)
-    # the recipe inlines fractals' random streams, so their source is part of its key
-    dropped |= drop_stale_caches(augment_dir, [fractals_dir / "rng.py"])
+    # the recipe inlines fractals' random streams and deterministic maths: their sources are
+    # part of its key
+    dropped |= drop_stale_caches(
+        augment_dir, [fractals_dir / "rng.py", fractals_dir / "detmath.py"]
+    )
     return dropped

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 from pathlib import Path
 
@@ -26,20 +27,26 @@ from ipmix_cli.ui.progress import progress_bar
 
 def _demo_dataset(folder: Path, per_class: int = 20, size: int = 32) -> None:
     """A tiny 10-class image folder made in code: oriented gratings, one angle per class,
-    random phase, frequency and colours, so classes are visibly different and need no download."""
+    random phase, frequency and colours, so classes are visibly different and need no download.
+    The sines come from ``fractals.detmath``, not numpy's (whose SIMD loops differ by CPU), so
+    the data set, and so the whole demo, is the same on every machine."""
+    from fractals import detmath
     from fractals.rng import new_state, uniform
 
     names = [f"angle{c * 18:03d}" for c in range(10)]
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
     for c, name in enumerate(names):
         (folder / name).mkdir(parents=True, exist_ok=True)
-        angle = np.deg2rad(c * 18)
+        angle = c * 18 * (math.pi / 180)
+        ca, sa = detmath.cos(angle), detmath.sin(angle)
         for i in range(per_class):
             state = new_state(12345, c, i)
             freq, phase = 0.25 + 0.3 * uniform(state), 6.283 * uniform(state)
             low = np.array([uniform(state) for _ in range(3)]) * 120
             high = 135 + np.array([uniform(state) for _ in range(3)]) * 120
-            wave = 0.5 + 0.5 * np.sin(freq * (xx * np.cos(angle) + yy * np.sin(angle)) + phase)
+            t = freq * (xx * ca + yy * sa) + phase  # +, * only: the same bits everywhere
+            wave = 0.5 + 0.5 * np.array([detmath.sin(v) for v in t.ravel().tolist()])
+            wave = wave.reshape(t.shape)
             image = low + wave[..., None] * (high - low)
             Image.fromarray(image.astype(np.uint8)).save(folder / name / f"{i:03d}.png")
 
