@@ -25,6 +25,6 @@ def refresh() -> bool:
     # the recipe inlines fractals' random streams and deterministic maths: their sources are
     # part of its key
     dropped |= drop_stale_caches(
-        augment_dir, [fractals_dir / "rng.py", fractals_dir / "detmath.py"]
+        augment_dir, [fractals_dir / "rng.py", *sorted((fractals_dir / "detmath").glob("*.py"))]
     )
     return dropped

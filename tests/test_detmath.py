@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from fractals import detmath
+from fractals.detmath import power
 
 CTX = decimal.Context(prec=60, Emin=-999999, Emax=999999)
 ROOT = Path(__file__).resolve().parents[1]
@@ -467,9 +468,9 @@ def test_exp2_tables_are_exact() -> None:
     ln2 = CTX.ln(Decimal(2))
     for j in range(64):
         v = CTX.exp(CTX.divide(CTX.multiply(ln2, j), 64))
-        assert detmath._EXP2_HI[j] == float(v)
-        assert detmath._EXP2_LO[j] == float(CTX.subtract(v, Decimal(float(v))))
-    coefficients = (detmath._E1, detmath._E2, detmath._E3, detmath._E4, detmath._E5, detmath._E6)
+        assert power._EXP2_HI[j] == float(v)
+        assert power._EXP2_LO[j] == float(CTX.subtract(v, Decimal(float(v))))
+    coefficients = (power._E1, power._E2, power._E3, power._E4, power._E5, power._E6)
     for i, c in enumerate(coefficients, start=1):
         assert c == float(CTX.divide(CTX.power(ln2, i), math.factorial(i)))
 
@@ -495,7 +496,7 @@ LIBM_NAMES = {
     "rad2deg", "radians", "degrees", "logaddexp", "logaddexp2",
 }  # fmt: skip
 KERNEL_SOURCES = [
-    *sorted((ROOT / "fractals").glob("*.py")),
+    *sorted((ROOT / "fractals").rglob("*.py")),
     *sorted((ROOT / "ipmix_cli" / "augment").rglob("*.py")),
 ]
 
@@ -524,5 +525,5 @@ def _libm_uses(path: Path) -> list[str]:
 def test_no_transcendental_outside_detmath() -> None:
     """Every exp/log/sin/cos/pow that can shape output bytes goes through detmath: a libm (or
     numpy SIMD) call anywhere in the fractal library or the augment recipe fails this test."""
-    uses = [u for p in KERNEL_SOURCES if p.name != "detmath.py" for u in _libm_uses(p)]
-    assert uses == []
+    uses = [u for p in KERNEL_SOURCES if "detmath" not in p.parts for u in _libm_uses(p)]
+    assert len(KERNEL_SOURCES) >= 25 and uses == []  # (the census sees the kernels)
