@@ -73,3 +73,17 @@ def _scale(y: float, k: int) -> float:
 
 
 _ROUNDER = 6755399441055744.0  # 1.5 * 2**52: (v + R) - R rounds v to an integer, half to even
+_SPLIT = 134217729.0  # 2**27 + 1: Veltkamp's splitting constant
+
+
+@nb.njit(cache=True, inline="always")
+def two_prod(a: float, b: float) -> tuple[float, float]:
+    """``a * b`` and its exact error without an FMA (Dekker, Veltkamp splitting)."""
+    p = a * b
+    t = _SPLIT * a
+    ah = t - (t - a)
+    al = a - ah
+    t = _SPLIT * b
+    bh = t - (t - b)
+    bl = b - bh
+    return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl

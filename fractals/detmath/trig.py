@@ -10,6 +10,7 @@ import numba as nb
 from fractals.detmath.bits import (
     _ROUNDER,
     _high,
+    two_prod,
 )
 
 # ----------------------------------------------------------------------------- sin, cos
@@ -133,7 +134,6 @@ def cos(x: float) -> float:
 
 # ------------------------------------------------- correctly rounded sin and cos (double-double)
 
-_SPLIT = 134217729.0  # 2**27 + 1: Veltkamp's splitting constant
 _DD_TERMS = 15  # Taylor terms: r**30 / 30! < 2**-120 for |r| <= pi/4
 
 
@@ -153,19 +153,6 @@ def _fast_two_sum(a: float, b: float) -> tuple[float, float]:
 
 
 @nb.njit(cache=True, inline="always")
-def _two_prod(a: float, b: float) -> tuple[float, float]:
-    """``a * b`` and its exact error without an FMA (Dekker, Veltkamp splitting)."""
-    p = a * b
-    t = _SPLIT * a
-    ah = t - (t - a)
-    al = a - ah
-    t = _SPLIT * b
-    bh = t - (t - b)
-    bl = b - bh
-    return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
-
-
-@nb.njit(cache=True, inline="always")
 def _dd_add(ah: float, al: float, bh: float, bl: float) -> tuple[float, float]:
     s, e = _two_sum(ah, bh)
     return _fast_two_sum(s, e + (al + bl))
@@ -173,7 +160,7 @@ def _dd_add(ah: float, al: float, bh: float, bl: float) -> tuple[float, float]:
 
 @nb.njit(cache=True, inline="always")
 def _dd_mul(ah: float, al: float, bh: float, bl: float) -> tuple[float, float]:
-    p, e = _two_prod(ah, bh)
+    p, e = two_prod(ah, bh)
     return _fast_two_sum(p, e + (ah * bl + al * bh))
 
 
@@ -181,7 +168,7 @@ def _dd_mul(ah: float, al: float, bh: float, bl: float) -> tuple[float, float]:
 def _dd_div_int(ah: float, al: float, d: float) -> tuple[float, float]:
     """A double-double divided by a small exact integer ``d``."""
     q1 = ah / d
-    p, e = _two_prod(q1, d)
+    p, e = two_prod(q1, d)
     q2 = (((ah - p) - e) + al) / d
     return _fast_two_sum(q1, q2)
 

@@ -81,6 +81,17 @@ OPF_Q = 15  # mask threshold of the random rules
 OP_FIELDS = 16
 
 
+@nb.njit(cache=True, inline="always")
+def _memo_power(table: np.ndarray, bases: np.ndarray, v: int, w: float) -> np.float32:
+    """``bases[v] ** w`` as float32 from ``table``, computed and kept there on first use (NaN
+    marks an entry not computed yet)."""
+    p = table[v]
+    if p != p:
+        p = np.float32(pow_from_log2(bases[v], w, MULTIPLY_LOG2[0, v], MULTIPLY_LOG2[1, v]))
+        table[v] = p
+    return p
+
+
 @nb.njit(cache=True)
 def patch_mix(
     c: np.ndarray,
@@ -163,20 +174,8 @@ def patch_mix(
                 srow = src[y]
                 for x in range(left, left + pw):
                     for ch in range(3):
-                        va = crow[x, ch]
-                        fa = ta[va]
-                        if fa != fa:
-                            t1 = MULTIPLY_LOG2[0, va]
-                            t2 = MULTIPLY_LOG2[1, va]
-                            fa = np.float32(pow_from_log2(MULTIPLY_BASE_A[va], wa64, t1, t2))
-                            ta[va] = fa
-                        vb = srow[x, ch]
-                        fb = tb[vb]
-                        if fb != fb:
-                            t1 = MULTIPLY_LOG2[0, vb]
-                            t2 = MULTIPLY_LOG2[1, vb]
-                            fb = np.float32(pow_from_log2(MULTIPLY_BASE_B[vb], wb64, t1, t2))
-                            tb[vb] = fb
+                        fa = _memo_power(ta, MULTIPLY_BASE_A, crow[x, ch], wa64)
+                        fb = _memo_power(tb, MULTIPLY_BASE_B, srow[x, ch], wb64)
                         v255 = (fa * fb / np.float32(2.0)) * np.float32(255.0)
                         crow[x, ch] = truncate_wrap(v255) if wrap else truncate_clip(v255)
             return

@@ -25,8 +25,8 @@ import numba as nb
 import numpy as np
 
 from fractals.detmath import sin_cos_correctly_rounded
+from fractals.detmath.bits import two_prod
 
-_SPLIT = 134217729.0  # 2**27 + 1, Dekker/Veltkamp splitting constant for float64
 _TEN15 = 1e15  # exactly representable: 10**15 < 2**53
 
 
@@ -43,14 +43,7 @@ def _round15(x: float) -> float:
     """
     if x != x or x == 0.0:
         return x
-    p = x * _TEN15
-    t = _SPLIT * x
-    xh = t - (t - x)
-    xl = x - xh
-    t = _SPLIT * _TEN15
-    yh = t - (t - _TEN15)
-    yl = _TEN15 - yh
-    err = ((xh * yh - p) + xh * yl + xl * yh) + xl * yl
+    p, err = two_prod(x, _TEN15)
     fl = math.floor(p)
     frac = p - fl  # exact
     if frac < 0.25:
