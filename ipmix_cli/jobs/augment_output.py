@@ -21,12 +21,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import h5py
-
 from ipmix_cli.errors import AugmentError, OutputError, ShardError
 from ipmix_cli.fs.lock import exclusive_lock
 from ipmix_cli.fs.tree import remove_tree
-from ipmix_cli.shards import read_manifest, shard_dir
+from ipmix_cli.shards import Manifest, read_manifest, read_shard_info, shard_dir
 from ipmix_cli.shards.layout import LOCK_FILE, SHARD_NAME
 
 WORK_DIR = ".work"
@@ -143,16 +141,19 @@ class AugmentOutput:
         if state is State.FINISHED:
             if not resume:
                 raise OutputError(self.entry, "output exists; pass --overwrite to replace it")
-            self._same_job(self._finished_identity(), identity, "the finished output")
+            manifest = self._finished_manifest()
+            if manifest.job != job_hash:  # the hash decides; the fields only name what differs
+                previous = self._identity_of(manifest)
+                self._same_job(previous, identity, "the finished output", known=True)
             return True
         if state is State.UNFINISHED:
-            previous = self._recorded_identity()
             if not resume:
                 raise OutputError(
                     self.entry,
                     f"an interrupted run left {len(self.finished_shards())} finished shards "
                     "here; pass --resume to continue it or --overwrite to start again",
                 )
+            previous = self._recorded_identity()
             if previous is not None:
                 self._same_job(previous, identity, "the interrupted run")
             elif self.shard_jobs() - {job_hash}:
@@ -193,11 +194,15 @@ class AugmentOutput:
             )
         return previous
 
-    def _finished_identity(self) -> dict[str, Any]:
+    def _finished_manifest(self) -> Manifest:
         try:
-            m = read_manifest(self.entry)
+            return read_manifest(self.entry)
         except ShardError as error:
             raise AugmentError(f"{error}; pass --overwrite to replace it") from None
+
+    @staticmethod
+    def _identity_of(m: Manifest) -> dict[str, Any]:
+        """The resume identity a finished output's manifest describes (to name what differs)."""
         source = m.source or {}
         return {
             "environment": m.environment,
@@ -211,10 +216,14 @@ class AugmentOutput:
             "mixing_set": m.mixing_set,
         }
 
-    def _same_job(self, previous: dict[str, Any], identity: dict[str, Any], what: str) -> None:
+    def _same_job(
+        self, previous: dict[str, Any], identity: dict[str, Any], what: str, known: bool = False
+    ) -> None:
+        """Refuse unless ``previous`` is ``identity``; ``known``: they are already known to
+        differ (the job hashes did), and the fields only name how."""
         changed = [key for key in identity if previous.get(key) != identity[key]]
-        if changed:
-            differ = ", ".join(_WHAT.get(key, key) for key in changed)
+        if changed or known:
+            differ = ", ".join(_WHAT.get(key, key) for key in changed) or "the job's record"
             raise AugmentError(
                 self.entry,
                 f"cannot resume: {differ} differ from {what}; resume with the same inputs and "
@@ -222,11 +231,10 @@ class AugmentOutput:
             )
 
     def shard_jobs(self) -> set[str]:
-        """The job hashes recorded in the finished shards (a run with no record left)."""
+        """The job hashes recorded in the finished shards (a run with no record left); an
+        unreadable shard counts for nothing, it is recomputed."""
         jobs = set()
         for path in self.finished_shards():
-            with contextlib.suppress(OSError, KeyError, ValueError):
-                with h5py.File(path, "r") as f:
-                    job = f.attrs.get("job")
-                jobs.add(job.decode() if isinstance(job, bytes) else str(job))
+            with contextlib.suppress(ShardError):
+                jobs.add(str(read_shard_info(path).attrs.get("job")))
         return jobs
