@@ -9,13 +9,13 @@ independent of the number and kind of workers.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import TypeVar
 
 import joblib
 
+from ipmix_cli.cores import resolve_jobs
 from ipmix_cli.errors import BackendError
 
 T = TypeVar("T")
@@ -46,22 +46,6 @@ def backend_session(
 
         return connect(scheduler)
     return contextlib.nullcontext()
-
-
-def available_cores() -> int:
-    """Cores this process may run on (respects affinity masks and container limits)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return os.cpu_count() or 1
-
-
-def resolve_jobs(jobs: int) -> int:
-    """joblib's convention: -1 means every core, -2 all but one, and so on."""
-    if jobs == 0:
-        raise ValueError("--jobs must not be 0 (use -1 for all cores)")
-    cores = available_cores()
-    return jobs if jobs > 0 else max(1, cores + 1 + jobs)
 
 
 def run_unordered(

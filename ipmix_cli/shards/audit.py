@@ -13,6 +13,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ipmix_cli.cores import resolve_jobs
 from ipmix_cli.errors import one_line
 from ipmix_cli.fs.atomic import is_temporary_name
 from ipmix_cli.shards.attrs import decode_attr
@@ -190,8 +191,7 @@ def _map_chunks(function: Any, work: tuple, records: list[ShardRecord], jobs: in
     a large output (h5py runs one call at a time per process, and an output of 20,000 shards
     takes HDF5 about a minute per core just to open and read)."""
     chunks = [records[i : i + _CHUNK] for i in range(0, len(records), _CHUNK)]
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    workers = min(cores or 1, len(chunks)) if jobs < 1 else min(jobs, len(chunks))
+    workers = min(resolve_jobs(jobs), len(chunks))
     if workers <= 1 or len(records) < _PARALLEL_FROM:
         for chunk in chunks:
             yield function(work, chunk)
