@@ -64,8 +64,6 @@ def bank_spec(
 def generate_fractals(spec: BankSpec, run: RunOptions, preview: Path | None = None) -> None:
     """``ipmix fractals generate``: render the bank, then an optional contact sheet."""
     kernel_caches.refresh()
-    if run.overwrite and run.resume:
-        raise BankError(f"{spec.out}: choose one of --overwrite and --resume")
     backend = resolve_backend(run.backend, run.scheduler, default="threads")
     if preview is not None and preview.exists() and not run.overwrite:
         raise OutputError(preview, "preview file exists; pass --overwrite to replace it")

@@ -27,6 +27,7 @@ import numpy as np
 from ipmix_cli.augment.config import IPMixConfig
 from ipmix_cli.augment.engine import warmup
 from ipmix_cli.augment.mixing_set import MixingSet, resized_shape
+from ipmix_cli.cores import resolve_jobs
 from ipmix_cli.errors import AugmentError, DiskFullError
 from ipmix_cli.fs.atomic import (
     atomic_path,
@@ -38,7 +39,7 @@ from ipmix_cli.fs.tree import remove_tree
 from ipmix_cli.jobs.augment_output import AugmentOutput
 from ipmix_cli.jobs.augment_spec import AugmentSpec, AugmentSummary
 from ipmix_cli.jobs.augment_tasks import ShardTask, commit_all, compute_shard
-from ipmix_cli.jobs.parallel import resolve_jobs, run_unordered
+from ipmix_cli.jobs.parallel import run_unordered
 from ipmix_cli.shards import (
     ShardInfo,
     read_shard_info,
@@ -205,13 +206,12 @@ def run_augment(
                 summary = _run(
                     plan, output, jobs, overwrite, resume, on_start, on_progress, backend
                 )
-            except DiskFullError as error:
+            except BaseException as error:
                 output.discard_attempt()
-                raise DiskFullError(
-                    f"{error}; finished shards are kept; free space and rerun with --resume"
-                ) from None
-            except BaseException:
-                output.discard_attempt()
+                if isinstance(error, DiskFullError):
+                    raise DiskFullError(
+                        f"{error}; finished shards are kept; free space and rerun with --resume"
+                    ) from None
                 raise
     finally:
         if warming is not None:

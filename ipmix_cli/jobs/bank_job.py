@@ -284,13 +284,13 @@ def generate_bank(
     try:
         with exclusive_lock(out / LOCK_FILE, out):
             return _generate(spec, jobs, overwrite, resume, on_progress, backend)
-    except DiskFullError as error:
-        raise DiskFullError(
-            f"{error}; finished images are kept; free space and rerun with --resume"
-        ) from None
-    except BaseException:
+    except BaseException as error:
         if created and not any(p.name != LOCK_FILE for p in out.iterdir()):
             remove_tree(out)  # nothing of this attempt is worth keeping
+        if isinstance(error, DiskFullError):
+            raise DiskFullError(
+                f"{error}; finished images are kept; free space and rerun with --resume"
+            ) from None
         raise
 
 
