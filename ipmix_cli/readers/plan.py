@@ -113,15 +113,7 @@ class EpochPlan:
 
     def rows_per_epoch(self) -> int:
         """How many rows this rank reads in every epoch (the same for every epoch)."""
-        n = self.num_sources if self.epoch_mode == "copy" else self.num_sources * self.copies
-        if self.world_size == 1:
-            return n
-        if self.even == "pad":
-            n = math.ceil(n / self.world_size) * self.world_size
-        elif self.even == "drop":
-            n -= n % self.world_size
-        bounds = np.linspace(0, n, self.world_size + 1).round().astype(np.int64)
-        return int(bounds[self.rank + 1] - bounds[self.rank])
+        return len(self.rows(0))
 
     def batch_rows(self, epoch: int, batch_size: int, drop_last: bool = False) -> list[np.ndarray]:
         """The rows of each batch of ``epoch`` (last one short unless ``drop_last``)."""
