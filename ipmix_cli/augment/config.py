@@ -18,11 +18,12 @@ import numpy as np
 
 from ipmix_cli.errors import ConfigError
 
-__all__ = ["ConfigError", "IPMixConfig", "PRESETS", "default_mixing_short_side"]
+__all__ = ["ConfigError", "IPMixConfig", "PRESETS", "RESIZE_POLICIES", "default_mixing_short_side"]
 
 PATCH_SOURCES = ("mixing", "mixed")
 PATCH_OVERFLOWS = ("wrap", "clip")
 PRE_TRANSFORMS = ("cifar", "imagenet", "none")
+RESIZE_POLICIES = ("center", "exact")
 
 
 def default_mixing_short_side(size: tuple[int, int]) -> int:
@@ -63,9 +64,9 @@ class IPMixConfig:
     'clip': clip to [0, 255] instead (still truncating)."""
     pre: str = "cifar"
     """Pre-transform: 'cifar' (flip + padded crop), 'imagenet' (RandomResizedCrop + flip),
-    'none' (images are used as given)."""
+    'none' (images are used as given). 'cifar' and 'none' apply ``resize`` first."""
     size: tuple[int, int] = (32, 32)
-    """Output (H, W). For 'cifar' and 'none' the inputs must already have this size."""
+    """Output (H, W). With 'cifar' and 'none', inputs of another size go through ``resize``."""
     jsd: bool = False
     """Emit [clean, view1, view2] per sample (the reference's training default) instead of
     one view."""
@@ -73,6 +74,16 @@ class IPMixConfig:
     """Zero padding of the 'cifar' pre-transform's random crop."""
     mixing_short_side: int | None = None
     """Shorter side of the prepared mixing pictures; None: floor(min(size) * 8 / 7)."""
+    resize: str = "center"
+    """Size policy of 'cifar' and 'none' for an input that is not ``size``: 'center' resizes
+    it (shorter side to ``resize_side``, Pillow BILINEAR) and centre-crops it to ``size``
+    before the pre-transform; 'exact' refuses it. Ignored by 'imagenet' (RandomResizedCrop
+    takes any size). An input of the output size is never resized."""
+    resize_side: int | None = None
+    """Shorter side of the 'center' resize and of the clean export (``clean_images``, which
+    resizes whatever ``pre`` and ``resize``); None: min(size). Where the resized image is
+    smaller than ``size`` on an axis it gets zero borders there, as torchvision's CenterCrop
+    pads."""
 
     def __post_init__(self) -> None:
         self._validate()
@@ -117,6 +128,9 @@ class IPMixConfig:
                 "mixing_short_side",
                 _as_int("mixing_short_side", self.mixing_short_side, low=1, high=1 << 15),
             )
+        self._set("resize", _as_choice("resize", self.resize, RESIZE_POLICIES))
+        if self.resize_side is not None:
+            self._set("resize_side", _as_int("resize_side", self.resize_side, low=1, high=1 << 15))
 
     # ------------------------------------------------------------------------------- helpers
     @property
@@ -132,6 +146,13 @@ class IPMixConfig:
         if self.mixing_short_side is not None:
             return self.mixing_short_side
         return default_mixing_short_side(self.size)
+
+    @property
+    def accepts_any_size(self) -> bool:
+        """Whether inputs of any size are fine: the one question the job's preflight and its
+        workers ask, so that the rule (RandomResizedCrop takes any size; 'cifar' and 'none' do
+        with the 'center' resize) is written only here."""
+        return self.pre == "imagenet" or self.resize == "center"
 
     @property
     def n_views(self) -> int:
@@ -168,6 +189,8 @@ class IPMixConfig:
             "jsd": self.jsd,
             "crop_padding": self.crop_padding,
             "mixing_short_side": self.mixing_short_side,
+            "resize": self.resize,
+            "resize_side": self.resize_side,
         }
 
     @classmethod
@@ -213,6 +236,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "pre": "cifar",
         "size": (32, 32),
         "jsd": False,
+        "resize": "center",
     },
     "imagenet": {
         "k": 3,
@@ -226,6 +250,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "pre": "imagenet",
         "size": (224, 224),
         "jsd": False,
+        "resize": "center",
     },
 }
 

@@ -9,9 +9,12 @@ Layouts: input (N, H, W, 3) uint8 RGB. Output (N, H', W', 3), or (N, 3, H', W', 
 holding [clean (pre-transformed x), view 1, view 2].
 
 Fast path: :func:`augment_batch` with the CIFAR or "none" pre-transform runs one jitted kernel
-over the whole batch. With the ImageNet pre-transform each image first goes through
-RandomResizedCrop in Pillow (Python per image, cheap next to a 224 px recipe), then the same
-kernel runs on the stacked crops.
+over the whole batch of output-size images. With the ImageNet pre-transform each image first
+goes through RandomResizedCrop in Pillow (Python per image, cheap next to a 224 px recipe), then
+the same kernel runs on the stacked crops. :func:`augment_images` is the path for images of
+any sizes: with CIFAR and "none" it first applies the config's size policy (``resize``) to each,
+so an image of the output size gets the same bytes down either path. :func:`clean_images` is
+the export without augmentation (a validation set): the size policy alone.
 """
 
 from __future__ import annotations
@@ -24,7 +27,12 @@ from fractals.rng import MASK64
 from ipmix_cli.augment.config import ConfigError, IPMixConfig
 from ipmix_cli.augment.mixing_set import MixingSet
 from ipmix_cli.augment.pixel_rules import overflow_code
-from ipmix_cli.augment.pretransform import PRE_FIELDS, random_resized_crop, rrc_params
+from ipmix_cli.augment.pretransform import (
+    PRE_FIELDS,
+    random_resized_crop,
+    resize_center_crop,
+    rrc_params,
+)
 from ipmix_cli.augment.recipe import (
     PRE_MODE_CIFAR,
     PRE_MODE_FLIP,
@@ -40,6 +48,7 @@ __all__ = [
     "augment_batch_traced",
     "augment_image",
     "augment_images",
+    "clean_images",
     "warmup",
 ]
 
@@ -55,11 +64,12 @@ def augment_batch(
     """IPMix a batch of same-size images.
 
     ``images``: (N, H, W, 3) uint8. For ``pre`` 'cifar' and 'none', (H, W) must equal
-    ``config.size``; for 'imagenet' any size (each image is RandomResizedCrop'd to it).
+    ``config.size`` (this path never resizes; :func:`augment_images` applies ``resize``); for
+    'imagenet' any size (each image is RandomResizedCrop'd to it).
     ``source_indices``: (N,) dataset indices; ``copy_index``: one int or (N,) ints.
     Returns (N, H', W', 3) uint8, or (N, 3, H', W', 3) = [clean, view1, view2] with ``jsd``.
     """
-    return _run(images, source_indices, copy_index, mixing, config, seed, trace=False)[0]
+    return _run(images, source_indices, copy_index, mixing, config, seed, False, resize=False)[0]
 
 
 def augment_images(
@@ -70,9 +80,12 @@ def augment_images(
     config: IPMixConfig,
     seed: int,
 ) -> np.ndarray:
-    """Like :func:`augment_batch` for a list of images of different sizes (the ImageNet path:
-    each is RandomResizedCrop'd to ``config.size`` before one kernel call for all)."""
-    return _run(images, source_indices, copy_index, mixing, config, seed, trace=False)[0]
+    """Like :func:`augment_batch` for a list of images of any sizes, with every preset: with
+    'imagenet' each is RandomResizedCrop'd to ``config.size``; with 'cifar' and 'none' each goes
+    through the size policy first (``resize='center'``: Resize + CenterCrop, an image of the
+    output size untouched; ``'exact'``: refused unless of the output size). Then one kernel
+    call for all, so each sample has the bytes :func:`augment_batch` gives it."""
+    return _run(images, source_indices, copy_index, mixing, config, seed, False, resize=True)[0]
 
 
 def augment_image(
@@ -85,7 +98,7 @@ def augment_image(
 ) -> np.ndarray:
     """IPMix one image of any size (H x W x 3 uint8). Same bytes as the same sample inside
     any batch. Returns (H', W', 3), or (3, H', W', 3) with ``jsd``."""
-    out = _run([image], [source_index], copy_index, mixing, config, seed, trace=False)[0]
+    out = _run([image], [source_index], copy_index, mixing, config, seed, False, resize=True)[0]
     return out[0]
 
 
@@ -97,11 +110,28 @@ def augment_batch_traced(
     config: IPMixConfig,
     seed: int,
 ) -> tuple[np.ndarray, RecipeTrace]:
-    """:func:`augment_batch` plus a :class:`RecipeTrace` of every random draw and each chain's
-    image (for tests, debugging and the docs' picture grid; the images are identical)."""
-    out, trace = _run(images, source_indices, copy_index, mixing, config, seed, trace=True)
+    """:func:`augment_batch` (for an array) or :func:`augment_images` (for a list) plus a
+    :class:`RecipeTrace` of every random draw and each chain's image (for tests, debugging and
+    the docs' picture grid; the images are identical)."""
+    resize = not isinstance(images, np.ndarray)
+    out, trace = _run(images, source_indices, copy_index, mixing, config, seed, True, resize)
     assert trace is not None
     return out, trace
+
+
+def clean_images(images: np.ndarray | Sequence[np.ndarray], config: IPMixConfig) -> np.ndarray:
+    """The export without augmentation (a validation or test set): each image through
+    torchvision's ``Resize(config.resize_side)`` + ``CenterCrop(config.size)`` (an image of
+    the output size untouched), whatever ``pre`` and ``resize``: an evaluation transform has
+    no random crop to feed, and a validation set's images are rarely all of one size, so
+    ``resize`` (which governs what the augmentation's pre-transforms accept) does not apply.
+    Nothing is random: no seed.
+
+    Returns (N, H, W, 3) uint8 (one view, also with ``jsd``).
+    """
+    if not isinstance(config, IPMixConfig):
+        raise TypeError(f"config must be an IPMixConfig, got {type(config).__name__}")
+    return _fit_to_size(images, config, resize=True, policy=False)
 
 
 def warmup(config: IPMixConfig) -> None:
@@ -124,6 +154,7 @@ def _run(
     config: IPMixConfig,
     seed: int,
     trace: bool,
+    resize: bool,
 ) -> tuple[np.ndarray, RecipeTrace | None]:
     if not isinstance(config, IPMixConfig):
         raise TypeError(f"config must be an IPMixConfig, got {type(config).__name__}")
@@ -157,22 +188,7 @@ def _run(
             )
         pre_mode = PRE_MODE_FLIP
     else:
-        if isinstance(images, np.ndarray):
-            batch = images
-            if batch.dtype != np.uint8 or batch.ndim != 4 or batch.shape[3] != 3:
-                raise ValueError(
-                    f"images must be (N, H, W, 3) uint8, got {batch.dtype} {batch.shape}"
-                )
-        else:
-            batch = np.stack([_check_image(img, i) for i, img in enumerate(images)]) if n else None
-            if batch is None:
-                batch = np.empty((0, H, W, 3), np.uint8)
-        if batch.shape[1:3] != (H, W):
-            raise ValueError(
-                f"images are {batch.shape[1]}x{batch.shape[2]} but config.size is {H}x{W}; "
-                f"with pre={config.pre!r} inputs must already have the output size"
-            )
-        batch = np.ascontiguousarray(batch)
+        batch = _fit_to_size(images, config, resize)
         pre_mode = PRE_MODE_CIFAR if config.pre == "cifar" else PRE_MODE_NONE
 
     out = np.empty((n, config.n_views, H, W, 3), dtype=np.uint8)
@@ -214,8 +230,47 @@ def _run(
     return result, RecipeTrace.decode(rec, trace0[:n], chains, k, t)
 
 
+def _fit_to_size(
+    images: np.ndarray | Sequence[np.ndarray],
+    config: IPMixConfig,
+    resize: bool,
+    policy: bool = True,
+) -> np.ndarray:
+    """The (N, H, W, 3) C-contiguous batch of output-size images the kernel (or the clean
+    export) takes, from any images; ``resize`` says whether this path resizes at all
+    (``augment_batch`` does not: it is the path without Pillow), ``policy`` whether
+    ``config.resize='exact'`` may refuse (not for the clean export). An array already of the
+    output size is passed through without a per-image loop."""
+    H, W = config.size
+    if isinstance(images, np.ndarray) and images.ndim == 4:
+        if images.dtype != np.uint8 or images.shape[3] != 3:
+            raise ValueError(
+                f"images must be (N, H, W, 3) uint8, got {images.dtype} {images.shape}"
+            )
+        if images.shape[1:3] == (H, W):
+            return np.ascontiguousarray(images)
+    elif isinstance(images, np.ndarray) and not resize:
+        raise ValueError(f"images must be (N, H, W, 3) uint8, got {images.dtype} {images.shape}")
+    may_resize = resize and (config.accepts_any_size or not policy)
+    n = len(images)
+    batch = np.empty((n, H, W, 3), dtype=np.uint8)
+    for i in range(n):
+        img = _check_image(images[i], i)
+        if img.shape[:2] != (H, W) and not may_resize:
+            h, w = img.shape[:2]
+            if resize:
+                why = f"with pre={config.pre!r} and resize='exact' inputs must already have it"
+                hint = "resize='center' resizes and centre-crops them"
+            else:
+                why = f"augment_batch with pre={config.pre!r} takes images of the output size only"
+                hint = "augment_images resizes others (resize='center')"
+            raise ValueError(f"image {i} is {h}x{w} but config.size is {H}x{W}; {why}; {hint}")
+        batch[i] = resize_center_crop(img, (H, W), config.resize_side)
+    return batch
+
+
 def _check_image(img: np.ndarray, i: int) -> np.ndarray:
     arr = np.asarray(img)
-    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3 or 0 in arr.shape:
         raise ValueError(f"image {i} must be H x W x 3 uint8, got {arr.dtype} {arr.shape}")
     return arr

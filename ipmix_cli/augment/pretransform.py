@@ -10,6 +10,9 @@ fresh epoch would, and both JSD views share it.
   log-uniform aspect ratio in [3/4, 4/3], 10 attempts, then a centre-crop fallback), crop then
   Pillow BILINEAR resize (what torchvision does on PIL images), then the flip coin. The crop
   parameters are drawn by a jitted helper; the resize runs in Pillow so it is bit-identical.
+- Size policy ('center', for 'cifar' and 'none', and the clean export): torchvision's
+  Resize(side) + CenterCrop(size) with Pillow BILINEAR, no random draw; it runs before the
+  pre-transform so the preset's own flip and crop see an image of the output size.
 - Mixing picture: a random crop of the output size from the pre-resized picture
   (top = randint(0, h - H), left = randint(0, w - W)). A picture smaller than the output along
   an axis is placed at a random offset on that axis, zero elsewhere (pad-if-needed).
@@ -45,6 +48,7 @@ __all__ = [
     "random_crop_picture",
     "random_flip",
     "random_resized_crop",
+    "resize_center_crop",
     "rrc_params",
 ]
 
@@ -231,3 +235,57 @@ def random_crop_picture(
                 out[y, x, 0] = 0
                 out[y, x, 1] = 0
                 out[y, x, 2] = 0
+
+
+def resize_center_crop(img: np.ndarray, size: tuple[int, int], side: int | None) -> np.ndarray:
+    """torchvision's ``Resize(side)`` then ``CenterCrop(size)`` on a PIL image, for uint8
+    H x W x 3 ``img``; ``side`` None means ``min(size)``. Returns a C-contiguous uint8
+    ``size[0] x size[1] x 3`` array.
+
+    An image already of ``size`` comes back as it is, whatever ``side``: the job sends
+    batches of output-size images down the no-resize fast path (``augment_batch``), so a
+    sample's bytes must not depend on which path it took; it also keeps every output made
+    before this policy existed byte-identical. (torchvision would zoom such an image when
+    ``side > min(size)``.)
+
+    Resize: the shorter side becomes ``side``, the longer ``int(side * long / short)``
+    (torchvision's truncation), in Pillow BILINEAR, which antialiases when downscaling: it is
+    torchvision's PIL path itself, so the bytes are the reference's. Crop: ``top =
+    int(round((h - H) / 2.0))``, ``left`` likewise (Python's half-to-even round). An axis where
+    the resized image is shorter than the crop is zero-padded as CenterCrop pads: the image
+    starts at ``(H - h) // 2``.
+    """
+    arr = np.asarray(img)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3 or 0 in arr.shape:
+        raise ValueError(f"image must be H x W x 3 uint8, got {arr.dtype} {arr.shape}")
+    th, tw = int(size[0]), int(size[1])
+    if th < 1 or tw < 1:
+        raise ValueError(f"size must be positive, got {tuple(size)}")
+    h, w = arr.shape[:2]
+    if (h, w) == (th, tw):
+        return np.ascontiguousarray(arr)
+    short = min(th, tw) if side is None else int(side)
+    if short < 1:
+        raise ValueError(f"side must be >= 1, got {side}")
+    if w <= h:
+        nh, nw = int(short * h / w), short
+    else:
+        nh, nw = short, int(short * w / h)
+    if (nh, nw) != (h, w):
+        pil = Image.fromarray(np.ascontiguousarray(arr))
+        arr = np.array(pil.resize((nw, nh), Image.Resampling.BILINEAR))  # a writable copy
+    if (nh, nw) == (th, tw):
+        return arr
+    out = np.zeros((th, tw, 3), dtype=np.uint8)
+    src_y, dst_y, n_y = _centre_axis(nh, th)
+    src_x, dst_x, n_x = _centre_axis(nw, tw)
+    out[dst_y : dst_y + n_y, dst_x : dst_x + n_x] = arr[src_y : src_y + n_y, src_x : src_x + n_x]
+    return out
+
+
+def _centre_axis(length: int, target: int) -> tuple[int, int, int]:
+    """(source start, destination start, count) of CenterCrop along one axis: crop at
+    torchvision's rounded offset, or place a short axis at its floor-centred padding."""
+    if length >= target:
+        return int(round((length - target) / 2.0)), 0, target
+    return 0, (target - length) // 2, length
