@@ -19,7 +19,15 @@ import pytest
 from hostile import ipmix, mixing_folder, one_line_failure, small_npz
 
 from ipmix_cli.readers import ShardReader
-from ipmix_cli.shards import check_output, inspect, shard_path, verify, write_entry, write_shard
+from ipmix_cli.shards import (
+    check_output,
+    inspect,
+    shard_filename,
+    shard_path,
+    verify,
+    write_entry,
+    write_shard,
+)
 
 N_SHARDS = 20_000
 N_CLASSES = 25_000
@@ -39,7 +47,8 @@ def _make_shards(entry: Path, indices: range) -> list:
             "source_index": np.array([i]),
             "copy_index": np.array([0]),
         }
-        infos.append(write_shard(shard_path(entry, i), arrays))
+        name = shard_filename(i, N_SHARDS)  # past 1,000 shards: subfolders of 1,000
+        infos.append(write_shard(shard_path(entry, i, N_SHARDS), arrays, file_name=name))
     return infos
 
 
@@ -82,10 +91,13 @@ def test_entry_with_20000_shards_and_25000_classes(many: Path) -> None:
     images, labels = reader.read_batch([N_SHARDS - 1, 3])
     assert labels.tolist() == [((N_SHARDS - 1) * 7919) % N_CLASSES, (3 * 7919) % N_CLASSES]
     assert reader.num_classes == N_CLASSES and images[0, 0, 0, 0] == (N_SHARDS - 1) % 251
+    folders = sorted(p.name for p in many.with_suffix(".shards").iterdir() if p.is_dir())
+    assert folders == [f"{k:04d}" for k in range(N_SHARDS // 1000)]
+    assert len(list((many.with_suffix(".shards") / "0003").iterdir())) == 1000
     info = inspect(many)
     assert info["num_shards"] == N_SHARDS and info["num_classes"] == N_CLASSES
     report = verify(many, deep=False)
-    assert report.ok, report.faults[:3]
+    assert report.ok and not report.warnings, (report.faults[:3], report.warnings[:3])
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,11 @@ It reads an ``ipmix augment`` output (``docs/format.md``) for training. Design c
   :class:`~ipmix_cli.readers.plan.EpochPlan`: epoch ``e`` reads copy ``e % copies``.
 * **Thread safe.** The table of open shards is guarded by a lock; reads hold a reference to
   their shard, so one thread closing a shard (LRU) never pulls a file from under another.
+* **Coded shards decode transparently.** JPEG or PNG rows (``--codec``) come back as the same
+  (B, H, W, 3) uint8 batches as raw ones. A batch's coded rows are gathered from all its
+  shards first and then decoded together in ``decode_threads`` threads (Pillow releases the
+  GIL while decoding): with a shuffled batch most shards give a row or two, too few to spread
+  over threads shard by shard.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from ipmix_cli.errors import ShardError
 from ipmix_cli.readers.plan import EpochPlan, batch_slices
 from ipmix_cli.readers.shard_io import FEW_ROWS, OpenShard, ShardMeta
 from ipmix_cli.shards import Manifest, check_output
+from ipmix_cli.shards.codec import BlobDecodeError, decode_into, default_decode_threads
 
 __all__ = ["EXTRAS", "IMAGE_VIEWS", "ShardReader"]
 
@@ -45,6 +51,10 @@ IMAGE_VIEWS = ("clean", "images", "images2")
 EXTRAS = ("source_index", "copy_index", "row")
 """Optional per-row values after the labels: the input row, the copy, and the output row."""
 
+
+_CodedPart = tuple[np.ndarray, np.ndarray, int, np.ndarray, str]
+"""One shard's share of a batch's coded rows: blobs, destinations in the batch, shard index,
+rows in the shard, codec."""
 
 _META_CACHE = 8192  # shards whose metadata a process keeps (labels: 8 bytes a row)
 _INHERITED: list[Any] = []  # handles inherited through fork: kept alive, never used or closed
@@ -86,6 +96,8 @@ class ShardReader:
       default a quarter of the file-descriptor limit, at most 1024).
     * ``direct``: read uncompressed shards with positioned reads (fast); ``False`` forces h5py
       (for benchmarks and as an escape hatch).
+    * ``decode_threads``: threads decoding a batch of a coded (JPEG/PNG) output; default
+      ``min(4, cores)``; 1 decodes in the calling thread. Raw outputs ignore it.
 
     Picklable and fork-safe: files are opened on first read in each process.
     """
@@ -101,6 +113,7 @@ class ShardReader:
         channels_first: bool = False,
         max_open_files: int | None = None,
         direct: bool = True,
+        decode_threads: int | None = None,
     ) -> None:
         entry = Path(path).absolute()
         manifest = check_output(entry)  # missing / wrong-count / replaced shard -> ShardError
@@ -156,6 +169,14 @@ class ShardReader:
             _default_max_open() if max_open_files is None else max(1, int(max_open_files))
         )
         self.direct = bool(direct)
+        if decode_threads is not None and (
+            isinstance(decode_threads, bool) or int(decode_threads) < 1
+        ):
+            raise ValueError(f"decode_threads must be at least 1, got {decode_threads!r}")
+        self.decode_threads = (
+            default_decode_threads() if decode_threads is None else int(decode_threads)
+        )
+        self.codec: str = manifest.codec
         self._index_names = ("labels", *(x for x in self.extras if x != "row"))
         self._reset_process_state()
 
@@ -317,18 +338,47 @@ class ShardReader:
         cut = np.flatnonzero(np.diff(shard_of) != 0) + 1
         starts = np.concatenate(([0], cut)).tolist() if n else []
         ends = np.concatenate((cut, [n])).tolist() if n else []
+        coded: dict[str, list[_CodedPart]] = {}
         for s, e, k in zip(starts, ends, shard_of[starts].tolist(), strict=True):
             shard = self._shard(k, e - s)
             local, dest = local_all[s:e], order[s:e]
             for v in self.views:
-                shard.read_images(v, local, raw[v], dest)
+                if shard.codecs[v] == "raw":
+                    shard.read_images(v, local, raw[v], dest)
+                else:  # decoded below, with the coded rows of every other shard
+                    blobs = shard.read_blobs(v, local)  # type: ignore[union-attr]
+                    coded.setdefault(v, []).append((blobs, dest, k, local, shard.codecs[v]))
             for name in self._index_names:
                 index[name][dest] = shard.index[name][local]
+        for v, parts in coded.items():
+            self._decode(v, parts, raw[v])
         out = {v: self._convert(raw[v]) for v in self.views}
         out["labels"] = index["labels"]
         for x in self.extras:
             out[x] = rows.copy() if x == "row" else index[x]
         return out
+
+    def _decode(
+        self,
+        view: str,
+        parts: list[_CodedPart],
+        out: np.ndarray,
+    ) -> None:
+        """Decode the coded rows ``parts`` (blobs, destinations, shard, local rows and codec,
+        per shard) of one view into ``out`` in the thread pool; a row that does not decode is
+        reported with its shard file and row."""
+        blobs = np.concatenate([p[0] for p in parts]) if len(parts) > 1 else parts[0][0]
+        dest = np.concatenate([p[1] for p in parts]) if len(parts) > 1 else parts[0][1]
+        codecs = {p[4] for p in parts}
+        codec = codecs.pop() if len(codecs) == 1 else None  # None: Pillow tries JPEG, then PNG
+        try:
+            decode_into(blobs, out, dest, self.decode_threads, codec)
+        except BlobDecodeError as error:
+            ends = np.cumsum([len(p[0]) for p in parts])
+            which = int(np.searchsorted(ends, error.position, side="right"))
+            _, _, k, local, _ = parts[which]
+            row = int(local[error.position - (int(ends[which - 1]) if which else 0)])
+            raise ShardError(self.shard_files[k], f"'{view}' row {row} {error.problem}") from None
 
     def _convert(self, x: np.ndarray) -> np.ndarray:
         """uint8 (B, H, W, 3) -> requested layout and dtype.

@@ -1,7 +1,16 @@
-"""Checking an output end to end (``ipmix verify``) and describing it (``ipmix inspect``)."""
+"""Checking an output end to end (``ipmix verify``) and describing it (``ipmix inspect``).
+
+Coded outputs (JPEG or PNG rows) are checked like raw ones, with their own shapes: each image
+dataset must be a variable-length uint8 dataset of ``n`` rows carrying the manifest's codec,
+quality and image shape; the checksum is recomputed over the stored rows; the first and last
+row of every image dataset must decode to the recorded shape; and, since their entry has no
+image virtual datasets, the plain-reader check follows ``ipmix/shard_files`` to the shard and
+decodes rows there the way ``docs/format.md`` shows.
+"""
 
 from __future__ import annotations
 
+import io
 import multiprocessing
 import os
 from collections.abc import Iterator, Sequence
@@ -12,20 +21,30 @@ from typing import Any
 
 import h5py
 import numpy as np
+from PIL import Image
 
 from ipmix_cli.cores import resolve_jobs
 from ipmix_cli.errors import one_line
 from ipmix_cli.fs.atomic import is_temporary_name
 from ipmix_cli.shards.attrs import decode_attr
 from ipmix_cli.shards.checksum import file_checksum, method_of
+from ipmix_cli.shards.codec import (
+    dataset_codec,
+    dataset_image_shape,
+    dataset_quality,
+    decode_one,
+    is_coded,
+)
 from ipmix_cli.shards.entry import vds_file_name
 from ipmix_cli.shards.layout import (
     IMAGE_DATASETS,
     INDEX_DATASETS,
     LOCK_FILE,
+    META_GROUP,
     SHARD_KIND,
     datasets_for,
     shard_dir,
+    shard_subfolders,
 )
 from ipmix_cli.shards.manifest import ShardRecord, read_manifest
 
@@ -64,9 +83,11 @@ def _verify_shard(
     n_classes: int,
     deep: bool,
     seen: dict[int, dict[str, np.ndarray]],
+    coding: tuple[str, int | None] = ("raw", None),
 ) -> list[str]:
     """Faults of one shard; its labels and first and last images go into ``seen`` (for the
-    comparison with what a plain HDF5 reader sees through the entry file)."""
+    comparison with what a plain HDF5 reader sees through the entry file). ``coding`` is the
+    output's ``(codec, quality)``."""
     faults: list[str] = []
     name = str(p)
     if not p.is_file():
@@ -94,6 +115,9 @@ def _verify_shard(
                     continue
                 dset = f[ds]
                 is_img = ds in IMAGE_DATASETS
+                if is_img and coding[0] != "raw":
+                    faults.extend(_coded_faults(name, ds, dset, n, (h, w, 3), coding))
+                    continue
                 shape = (n, h, w, 3) if is_img else (n,)
                 dtype = np.dtype(np.uint8) if is_img else np.dtype(np.int64)
                 if dset.shape != shape or dset.dtype != dtype:
@@ -108,7 +132,11 @@ def _verify_shard(
                     faults.append(f"{name}: '{ds}' has negative values")
             labels = f["labels"][()]
             images = f["images"]
-            ends = np.stack([images[0], images[n - 1]]) if n > 1 else images[0:1]
+            if coding[0] != "raw":
+                ends, bad = _decoded_ends(name, f, want_sets, n, coding[0])
+                faults.extend(bad)
+            else:
+                ends = np.stack([images[0], images[n - 1]]) if n > 1 else images[0:1]
             seen[rec.index] = {"labels": labels, "ends": ends}
             if n_classes and labels.size and labels.max() >= n_classes:
                 faults.append(
@@ -126,6 +154,61 @@ def _verify_shard(
     return faults
 
 
+def _coded_faults(
+    name: str,
+    ds: str,
+    dset: h5py.Dataset,
+    n: int,
+    image_shape: tuple[int, int, int],
+    coding: tuple[str, int | None],
+) -> list[str]:
+    """What is wrong with coded image dataset ``ds`` of shard ``name``, against the output's
+    ``coding`` (codec, quality) and image shape."""
+    codec, quality = coding
+    if not is_coded(dset) or dset.shape != (n,) or h5py.check_vlen_dtype(dset.dtype) != np.uint8:
+        return [f"{name}: '{ds}' is {dset.dtype} {dset.shape}, expected {n} {codec} rows"]
+    try:
+        found = (dataset_codec(dset), dataset_quality(dset), dataset_image_shape(dset))
+    except ValueError as error:
+        return [f"{name}: {one_line(error, 200)}"]
+    if found[0] != codec or (codec == "jpeg" and quality is not None and found[1] != quality):
+        return [
+            f"{name}: '{ds}' holds {found[0]} (quality {found[1]}), the entry records "
+            f"{codec} (quality {quality})"
+        ]
+    if found[2] != image_shape:
+        return [f"{name}: '{ds}' records images of {found[2]}, expected {image_shape}"]
+    return []
+
+
+def _decoded_ends(
+    name: str, f: h5py.File, datasets: Sequence[str], n: int, codec: str
+) -> tuple[np.ndarray | None, list[str]]:
+    """The first and last ``images`` rows of a coded shard, decoded, and the faults of any
+    image dataset whose first or last row does not decode to its image shape."""
+    faults: list[str] = []
+    ends = None
+    rows = [0, n - 1] if n > 1 else [0]
+    for ds in (d for d in datasets if d in IMAGE_DATASETS):
+        dset = f[ds]
+        shape = dataset_image_shape(dset)
+        decoded = []
+        for row in rows:
+            try:
+                image = decode_one(dset[row], codec)
+            except Exception as error:  # Pillow's OSError, SyntaxError, ValueError...
+                faults.append(f"{name}: '{ds}' row {row} does not decode: {one_line(error, 160)}")
+                break
+            if image.shape != shape:
+                faults.append(f"{name}: '{ds}' row {row} decodes to {image.shape}, not {shape}")
+                break
+            decoded.append(image)
+        else:
+            if ds == "images":
+                ends = np.stack(decoded)
+    return ends, faults
+
+
 _SAMPLED_SHARDS = 64
 """Shards read through the entry file by ``verify``, spread over the output: a name HDF5
 resolves differently breaks every shard alike, and reading all rows of an entry with 20,000
@@ -133,15 +216,20 @@ virtual sources takes HDF5 over a minute."""
 
 
 def _plain_view_faults(
-    entry: Path, shards: Sequence[ShardRecord], count: int, seen: dict[int, dict[str, np.ndarray]]
+    entry: Path,
+    shards: Sequence[ShardRecord],
+    count: int,
+    seen: dict[int, dict[str, np.ndarray]],
+    codec: str = "raw",
 ) -> list[str]:
     """What a plain HDF5 reader gets through the entry file, against the shards themselves (on
     a sample of shards): a source file name HDF5 resolves differently (a ``%`` in a name, say)
     gives it label -1 and black images without any error, and only reading through the entry
-    shows that."""
+    shows that. A coded output has no image virtual dataset: its mapping is checked on
+    ``labels``, and its images the way a plain reader gets them (:func:`_plain_decoded`)."""
     try:
         with h5py.File(entry, "r") as f:
-            dset = f["images"]
+            dset = f["images" if codec == "raw" else "labels"]
             if dset.shape[0] != count:
                 return [f"{entry}: 'images' has {dset.shape[0]} rows, not {count}"]
             mapped = [m.file_name for m in dset.virtual_sources()] if dset.is_virtual else []
@@ -160,11 +248,36 @@ def _plain_view_faults(
                         f"{entry}: plain HDF5 readers do not reach {s.file} through the entry "
                         f"file (label {int(labels[0])} at row {s.start})"
                     )
+                elif codec != "raw":
+                    faults.extend(_plain_decoded(entry, f, k, s, seen[s.index]["ends"]))
                 elif not np.array_equal(dset[rows], seen[s.index]["ends"]):
                     faults.append(f"{entry}: plain HDF5 readers see other images than {s.file}")
             return faults
     except (OSError, KeyError, ValueError) as error:
         return [f"{entry}: unreadable entry datasets: {one_line(error, 160)}"]
+
+
+def _plain_decoded(
+    entry: Path, f: h5py.File, k: int, s: ShardRecord, ends: np.ndarray | None
+) -> list[str]:
+    """A coded shard's first and last images as a plain reader gets them, following the
+    entry's ``ipmix/shard_files`` and decoding with plain h5py and Pillow as docs/format.md
+    shows, against what ``verify`` decoded from the recorded shard."""
+    if ends is None:
+        return []  # a row that does not decode: reported already
+    files = f.get(f"{META_GROUP}/shard_files")
+    listed = files[k].decode() if isinstance(files, h5py.Dataset) else s.file
+    if listed != s.file:
+        return [f"{entry}: ipmix/shard_files names {listed!r} for shard {s.index}, not {s.file}"]
+    rows = [0, s.count - 1] if s.count > 1 else [0]
+    with h5py.File(entry.parent / listed, "r") as shard:
+        plain = [
+            np.asarray(Image.open(io.BytesIO(shard["images"][row].tobytes())).convert("RGB"))
+            for row in rows
+        ]
+    if not np.array_equal(np.stack(plain), ends):
+        return [f"{entry}: plain h5py + Pillow readers see other images than {s.file}"]
+    return []
 
 
 _PARALLEL_FROM = 1000  # shards: below this, starting worker processes costs more than it saves
@@ -175,12 +288,14 @@ def _verify_chunk(
     work: tuple, records: list[ShardRecord]
 ) -> tuple[list[str], dict[int, dict[str, np.ndarray]]]:
     """Verify ``records``; return their faults and what the sampled ones hold."""
-    root, mode, image_shape, n_classes, deep, sampled = work
+    root, mode, image_shape, n_classes, deep, sampled, coding = work
     faults: list[str] = []
     seen: dict[int, dict[str, np.ndarray]] = {}
     for rec in records:
         held: dict[int, dict[str, np.ndarray]] = {}
-        faults.extend(_verify_shard(root / rec.file, rec, mode, image_shape, n_classes, deep, held))
+        faults.extend(
+            _verify_shard(root / rec.file, rec, mode, image_shape, n_classes, deep, held, coding)
+        )
         if rec.index in sampled:
             seen.update(held)
     return faults, seen
@@ -225,18 +340,20 @@ def verify(
         report.faults.append(f"{entry}: shard counts do not add up to {report.count}")
     picks = np.linspace(0, len(shards) - 1, min(len(shards), _SAMPLED_SHARDS)).astype(int)
     sampled = {shards[k].index for k in np.unique(picks).tolist()}
-    work = (entry.parent, mode, image_shape, n_classes, deep, sampled)
+    coding = (manifest.codec, manifest.quality)
+    work = (entry.parent, mode, image_shape, n_classes, deep, sampled, coding)
     seen: dict[int, dict[str, np.ndarray]] = {}
     for faults, part in _map_chunks(_verify_chunk, work, list(shards), jobs):
         report.faults.extend(faults)
         seen.update(part)
     report.shards_checked = len(shards)
-    report.faults.extend(_plain_view_faults(entry, shards, report.count, seen))
+    report.faults.extend(_plain_view_faults(entry, shards, report.count, seen, manifest.codec))
     folder = entry.parent / (manifest.shards_dir or shard_dir(entry).name)
-    known = {Path(s.file).name for s in shards} | {LOCK_FILE}
-    if folder.is_dir():
-        for extra in sorted(folder.iterdir()):
-            if extra.name in known:
+    known = {(entry.parent / s.file).absolute() for s in shards}
+    places = [folder, *shard_subfolders(folder)]
+    for place in places if folder.is_dir() else []:
+        for extra in sorted(place.iterdir()):
+            if extra.absolute() in known or extra.name == LOCK_FILE or extra in places:
                 continue
             if is_temporary_name(extra.name):
                 report.warnings.append(
@@ -250,9 +367,10 @@ def verify(
 def inspect(entry_path: str | os.PathLike[str]) -> dict[str, Any]:
     """Summary of an output for humans and scripts (reads attributes only; never hashes).
 
-    Keys: path, format_version, tool_version, count, mode, num_shards, image_shape, class_names,
-    num_classes, bytes_on_disk (entry + shards present), missing_shards, config, seed, source,
-    skipped, shards (index, file, start, count, checksum, bytes, exists).
+    Keys: path, format_version, tool_version, count, mode, codec (raw, jpeg or png), quality
+    (JPEG's, else None), num_shards, image_shape, class_names, num_classes, bytes_on_disk
+    (entry + shards present), missing_shards, config, seed, source, skipped, shards (index,
+    file, start, count, checksum, bytes, exists).
     """
     entry = Path(entry_path).absolute()
     manifest = read_manifest(entry)
@@ -273,6 +391,8 @@ def inspect(entry_path: str | os.PathLike[str]) -> dict[str, Any]:
         "tool_version": manifest.tool_version,
         "count": manifest.count,
         "mode": manifest.mode,
+        "codec": manifest.codec,
+        "quality": manifest.quality,
         "num_shards": len(shards),
         "image_shape": list(manifest.image_shape),
         "class_names": names,

@@ -4,12 +4,21 @@ Every shard carries a CRC-32 checksum of its datasets (also recorded in the entr
 ``verify`` catches bit rot, truncation and accidental edits. CRC-32 rather than a cryptographic
 hash: this guards against corruption, not an attacker, at a third of the cost. The recipe
 (:data:`CHECKSUM_METHOD`) is stored in every shard and in ``docs/format.md``.
+
+The checksum covers the bytes a shard stores. For a raw image dataset those are its pixels; for
+a coded one (``jpeg``, ``png``: one file per row, see :mod:`ipmix_cli.shards.codec`) they are
+the encoded rows, each preceded by its length so that moving a byte from one row to the next
+changes the sum: ``"<name> <codec> <n>,<H>,<W>,3\\n"``, then for each row in order its length
+as 8 little-endian bytes followed by its bytes (:data:`CODED_CHECKSUM_METHOD`). Hashing the
+stored bytes rather than decoded pixels keeps ``verify`` as fast as a read and makes the sum
+independent of the decoder.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import struct
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -19,6 +28,7 @@ import h5py
 import numpy as np
 
 from ipmix_cli.errors import ShardError, one_line
+from ipmix_cli.shards.codec import CODED, dataset_codec, dataset_image_shape, is_coded
 
 CHECKSUM_ORDER = ("images", "clean", "images2", "labels", "source_index", "copy_index")
 """Order in which datasets enter a shard checksum (absent ones are left out)."""
@@ -29,7 +39,16 @@ CHECKSUM_METHOD = (
     "copy_index: the ASCII line '<name> <dtype> <d0>,<d1>,...\\n' then the raw C-order "
     "little-endian bytes"
 )
+CODED_CHECKSUM_METHOD = (
+    CHECKSUM_METHOD + "; a coded image dataset (jpeg, png: one file per row) enters as the "
+    "line '<name> <codec> <n>,<H>,<W>,3\\n' then, for each row in order, its length as 8 "
+    "little-endian bytes and its bytes"
+)
+"""The recipe stored in shards with coded image datasets (raw shards keep
+:data:`CHECKSUM_METHOD`, so their files are unchanged)."""
+
 _HASH_BLOCK_BYTES = 64 * 1024 * 1024
+_CODED_BLOCK_ROWS = 1024  # coded rows read at once when re-hashing a file (~10 MB of JPEG)
 
 
 def _dtype_name(dtype: np.dtype) -> str:
@@ -81,25 +100,67 @@ def method_of(checksum: str) -> str:
     return checksum.split(":", 1)[0] if ":" in checksum else ""
 
 
-def compute_checksum(arrays: Mapping[str, np.ndarray], method: str = "crc32") -> str:
-    """Checksum of in-memory shard arrays: ``"crc32:<hex>"`` (recipe: :data:`CHECKSUM_METHOD`)."""
+def _coded_header(name: str, codec: str, rows: int, image_shape: Sequence[int]) -> bytes:
+    dims = ",".join(str(int(v)) for v in (rows, *image_shape))
+    return f"{name} {codec} {dims}\n".encode("ascii")
+
+
+def _update_rows(digest: Any, rows: Sequence[Any]) -> None:
+    """Each coded row as its length (8 bytes, little-endian) then its bytes."""
+    for row in rows:
+        data = np.ascontiguousarray(row, dtype=np.uint8).reshape(-1)
+        digest.update(struct.pack("<Q", data.size))
+        digest.update(data)
+
+
+def compute_checksum(
+    arrays: Mapping[str, np.ndarray],
+    method: str = "crc32",
+    *,
+    codec: str = "raw",
+    image_shape: Sequence[int] | None = None,
+) -> str:
+    """Checksum of in-memory shard arrays: ``"crc32:<hex>"`` (recipe: :data:`CHECKSUM_METHOD`).
+
+    With ``codec`` ``"jpeg"`` or ``"png"`` the image datasets in ``arrays`` are object arrays of
+    encoded rows (:func:`ipmix_cli.shards.codec.encode_images`) of images ``image_shape``
+    (H, W, 3), hashed as :data:`CODED_CHECKSUM_METHOD` says."""
+    if codec != "raw" and (codec not in CODED or image_shape is None):
+        raise ValueError(f"a {codec!r} checksum needs a known codec and the image shape")
     digest = _hasher(method)
     for name in CHECKSUM_ORDER:
-        if name in arrays:
-            arr = np.asarray(arrays[name])
+        if name not in arrays:
+            continue
+        arr = np.asarray(arrays[name])
+        if arr.dtype == object:
+            if codec == "raw":
+                raise ValueError(f"'{name}' holds encoded rows; pass codec= and image_shape=")
+            digest.update(_coded_header(name, codec, len(arr), image_shape))  # type: ignore[arg-type]
+            _update_rows(digest, arr)
+        else:
             digest.update(_header(name, arr.dtype, arr.shape))
             digest.update(_le(arr))
     return f"{method}:{digest.hexdigest()}"
 
 
 def file_checksum(f: h5py.File, method: str = "crc32") -> str:
+    """Recompute the checksum of an open shard from its stored datasets, raw or coded (the
+    same bytes :func:`compute_checksum` saw when it was written), reading in bounded blocks."""
     digest = _hasher(method)
     for name in CHECKSUM_ORDER:
         if name not in f:
             continue
         dset = f[name]
-        digest.update(_header(name, dset.dtype, dset.shape))
         n = dset.shape[0]
+        if is_coded(dset):
+            digest.update(_coded_header(name, dataset_codec(dset), n, dataset_image_shape(dset)))
+            step = _CODED_BLOCK_ROWS
+            if dset.chunks:
+                step = max(dset.chunks[0], step - step % dset.chunks[0])
+            for start in range(0, n, step):
+                _update_rows(digest, dset[start : start + step])
+            continue
+        digest.update(_header(name, dset.dtype, dset.shape))
         row = max(1, int(np.prod(dset.shape[1:], dtype=np.int64)) * dset.dtype.itemsize)
         step = max(1, _HASH_BLOCK_BYTES // row)
         if dset.chunks:

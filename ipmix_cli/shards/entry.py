@@ -5,6 +5,13 @@ file, so plain h5py (or any HDF5 >= 1.10 reader) sees ``images`` as one (N, H, W
 the output folder can be moved as a whole. HDF5 fills a virtual dataset's missing source with
 its fill value: ``labels``, ``source_index`` and ``copy_index`` therefore use fill value -1
 (never a valid value), and our own readers check every shard before handing out data.
+
+Outputs whose images are coded (JPEG or PNG rows, :mod:`ipmix_cli.shards.codec`) get no image
+virtual datasets: virtual datasets over variable-length data are not something to rely on
+across HDF5 builds (h5py 3.16 / HDF5 2.0 read a small one back, but a format read from many
+languages cannot count on that), and a reader that decodes rows opens the shard files anyway.
+The index datasets (``labels``, ``source_index``, ``copy_index``) are still joined, and the
+entry records ``codec`` (and JPEG's ``quality``) as root attributes and in the manifest.
 """
 
 from __future__ import annotations
@@ -68,7 +75,9 @@ def write_entry(
     0..k-1; each shard must exist and carry the recorded count and checksum. ``about`` is the
     job's account of the output (``config``, ``seed``, ``copies``, ``num_sources``, ``source``,
     ``skipped``... see the manifest module); this function adds what it learns from the shards
-    (count, mode, image shape, class names, the shard list). The entry is written atomically.
+    (count, mode, image shape, class names, the shard list, the codec and JPEG quality: a
+    ``codec`` or ``quality`` in ``about`` that the shards contradict is an error, and a
+    ``quality`` is only kept for JPEG outputs). The entry is written atomically.
     ``check_shards=False`` skips re-reading each shard's attributes, for a caller that has just
     written (or deep-checked) them all; each shard's size is still taken from the disk.
     """
@@ -86,6 +95,17 @@ def write_entry(
     if len(shapes) != 1 or len(modes) != 1:
         raise ShardError(entry, f"shards disagree on image shape {shapes} or mode {modes}")
     (h, w), mode = shapes.pop(), modes.pop()
+    codecs = {(s.codec, s.quality) for s in infos}
+    if len(codecs) != 1:
+        raise ShardError(entry, f"shards disagree on image codec {sorted(codecs, key=str)}")
+    codec, quality = codecs.pop()
+    said = about.get("codec")
+    if said is not None and said != codec:
+        raise ShardError(entry, f"the job says codec {said!r} but the shards hold {codec!r}")
+    if codec == "jpeg" and about.get("quality") not in (None, quality):
+        raise ShardError(
+            entry, f"the job says quality {about.get('quality')} but the shards hold {quality}"
+        )
     folder = shard_dir(entry)
     sizes = []
     for s in infos:
@@ -117,6 +137,7 @@ def write_entry(
             "image_shape": [int(h), int(w), 3],
             "class_names": names,
             "shards_dir": folder.name,
+            "codec": codec,
             "shards": [
                 {
                     "index": s.index,
@@ -130,14 +151,18 @@ def write_entry(
             ],
         }
     )
+    fields.pop("quality", None)  # a quality means JPEG's; raw and png outputs record none
+    if codec == "jpeg":
+        fields["quality"] = quality
     try:
         manifest = Manifest.from_dict(fields, "the manifest to write")
     except ValueError as error:
         raise ShardError(entry, str(error)) from None
     text = manifest.to_json()
-    size_hint = len(text) + len(infos) * 512 * len(datasets_for(mode)) + sum(map(len, names))
+    joined = [n for n in datasets_for(mode) if codec == "raw" or n not in IMAGE_DATASETS]
+    size_hint = len(text) + len(infos) * 512 * len(joined) + sum(map(len, names))
     with h5_in_memory(size_hint) as (f, image):
-        for name in datasets_for(mode):
+        for name in joined:
             is_image = name in IMAGE_DATASETS
             shape = (total, h, w, 3) if is_image else (total,)
             dtype = np.uint8 if is_image else np.int64
@@ -154,6 +179,10 @@ def write_entry(
         f.attrs["mode"] = mode
         f.attrs["num_shards"] = len(infos)
         f.attrs["shards_dir"] = folder.name
+        if codec != "raw":  # (a raw entry's datasets and attributes are as before codecs)
+            f.attrs["codec"] = codec
+            if quality is not None:
+                f.attrs["quality"] = int(quality)
         meta = f.create_group(META_GROUP, track_order=False)
         _untimed_dataset(meta, "manifest", np.array(text, dtype=h5py.string_dtype()))
         _untimed_dataset(meta, "shard_files", np.array(rel_files, dtype=h5py.string_dtype()))

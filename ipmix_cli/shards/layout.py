@@ -9,6 +9,10 @@ here once (and documented in ``docs/format.md``; keep the two in step and bump
     OUT.shards/shard-00001.h5
     ...
 
+An output of more than :data:`SHARDS_PER_FOLDER` shards puts them in numbered subfolders of
+that many (``OUT.shards/0012/shard-12345.h5``), so that no folder holds more than a few
+thousand files (file systems, ``ls`` and object stores slow down past that).
+
 Rows are laid out copy-major, ``row = copy * num_sources + source``, so that copy ``c`` of every
 source is one contiguous block: a reader serving epoch ``e`` reads block ``e mod copies``
 sequentially, and the job can give each shard a fixed range of rows. :func:`row_of` and
@@ -58,6 +62,8 @@ LOCK_FILE = ".lock"
 """In the shard folder: the file a running job holds its lock on (empty once it is done)."""
 
 SHARD_NAME = re.compile(r"^shard-(\d{5,})\.h5$")
+SUBFOLDER_NAME = re.compile(r"^\d{4,}$")
+SHARDS_PER_FOLDER = 1000
 
 Rows = TypeVar("Rows", int, np.ndarray)
 
@@ -80,9 +86,41 @@ def copy_and_source(rows: Rows, num_sources: int) -> tuple[Rows, Rows]:
     return divmod(rows, num_sources)
 
 
-def shard_filename(index: int) -> str:
-    """``shard-00000.h5`` style name for shard ``index`` (at least five digits)."""
-    return f"shard-{int(index):05d}.h5"
+def shard_filename(index: int, num_shards: int = 1) -> str:
+    """Where shard ``index`` of an output of ``num_shards`` lives, relative to the shard
+    folder: ``shard-00042.h5``, or ``0012/shard-12345.h5`` past :data:`SHARDS_PER_FOLDER`."""
+    name = f"shard-{int(index):05d}.h5"
+    if num_shards > SHARDS_PER_FOLDER:
+        return f"{int(index) // SHARDS_PER_FOLDER:04d}/{name}"
+    return name
+
+
+def shard_relpath(path: str | os.PathLike[str]) -> str:
+    """The name a shard file at ``path`` goes by in its output (its subfolder included)."""
+    p = Path(path)
+    if SUBFOLDER_NAME.match(p.parent.name):
+        return f"{p.parent.name}/{p.name}"
+    return p.name
+
+
+def shard_files_in(folder: Path) -> list[Path]:
+    """Every finished shard file in a shard folder and its numbered subfolders, sorted."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for entry in folder.iterdir():
+        if SHARD_NAME.match(entry.name):
+            found.append(entry)
+        elif SUBFOLDER_NAME.match(entry.name) and entry.is_dir():
+            found.extend(p for p in entry.iterdir() if SHARD_NAME.match(p.name))
+    return sorted(found, key=lambda p: p.name)
+
+
+def shard_subfolders(folder: Path) -> list[Path]:
+    """The numbered subfolders of a shard folder (none for outputs of few shards)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if SUBFOLDER_NAME.match(p.name) and p.is_dir())
 
 
 def shard_dir(entry_path: str | os.PathLike[str]) -> Path:
@@ -91,6 +129,6 @@ def shard_dir(entry_path: str | os.PathLike[str]) -> Path:
     return entry.with_name(entry.stem + ".shards")
 
 
-def shard_path(entry_path: str | os.PathLike[str], index: int) -> Path:
-    """Where shard ``index`` of ``entry_path`` lives."""
-    return shard_dir(entry_path) / shard_filename(index)
+def shard_path(entry_path: str | os.PathLike[str], index: int, num_shards: int = 1) -> Path:
+    """Where shard ``index`` of ``entry_path`` lives (an output of ``num_shards`` shards)."""
+    return shard_dir(entry_path) / shard_filename(index, num_shards)

@@ -5,7 +5,9 @@ Written in one place (``write_entry`` stores :meth:`Manifest.to_json`) and read 
 here and nowhere else. Two kinds of fields:
 
 * the output's shape, filled in by ``write_entry`` from the shards it joins: ``count``,
-  ``mode``, ``image_shape``, ``class_names``, ``shards_dir``, ``shards``;
+  ``mode``, ``image_shape``, ``class_names``, ``shards_dir``, ``shards``, and how the images
+  are stored, ``codec`` (``"raw"``, ``"jpeg"``, ``"png"``; ``"raw"`` when an older entry does
+  not say) and ``quality`` (JPEG only);
 * the job's account of how it was made (all optional, for entry files written by other tools
   through ``write_entry``): ``environment`` (the versions bytes depend on), ``config``,
   ``seed``, ``copies``, ``num_sources``,
@@ -31,6 +33,7 @@ from ipmix_cli.shards.layout import ENTRY_KIND, FORMAT_VERSION, META_GROUP, ROW_
 
 TOOL = "ipmix"
 MODES = ("standard", "jsd")
+CODECS = ("raw", "jpeg", "png")  # as in shards/codec.py; kept here so the schema is self-contained
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,8 @@ class Manifest:
     copies: int = 1
     num_sources: int = 0
     layout: str = ROW_LAYOUT
+    codec: str = "raw"
+    quality: int | None = None
     environment: dict[str, str] | None = None
     config: dict[str, Any] | None = None
     seed: int | None = None
@@ -150,8 +155,11 @@ class Manifest:
                 "copies": self.copies,
                 "num_sources": self.num_sources,
                 "layout": self.layout,
+                "codec": self.codec,
             }
         )
+        if self.quality is not None:
+            out["quality"] = self.quality
         for name in _JOB_FIELDS:
             value = getattr(self, name)
             if value is not None:
@@ -194,6 +202,12 @@ class Manifest:
         copies = _int(d, "copies", where, default=1)
         if copies < 1:
             raise ValueError(f"{where}: 'copies' must be at least 1")
+        codec = _str(d, "codec", where, default="raw")
+        if codec not in CODECS:
+            raise ValueError(f"{where}: unknown image codec {codec!r}")
+        quality = d.get("quality")
+        if quality is not None and (isinstance(quality, bool) or not isinstance(quality, int)):
+            raise ValueError(f"{where}: 'quality' must be an integer, got {quality!r}")
         known = {f.name for f in fields(cls)} - {"extra"}
         values: dict[str, Any] = {
             "count": count,
@@ -205,6 +219,8 @@ class Manifest:
             "copies": copies,
             "num_sources": _int(d, "num_sources", where, default=count // copies),
             "layout": _str(d, "layout", where, default=ROW_LAYOUT),
+            "codec": codec,
+            "quality": quality,
             "format_version": version,
             "kind": _str(d, "kind", where, default=ENTRY_KIND),
             "tool": _str(d, "tool", where, default=TOOL),

@@ -97,6 +97,12 @@ class Output:
         """The virtual dataset ``name`` (one of :attr:`datasets`)."""
         if name not in self.datasets:
             raise KeyError(f"{name!r} is not in this output (has {', '.join(self.datasets)})")
+        if name not in self._file():
+            raise ShardError(
+                self.path,
+                f"'{name}' is stored encoded in the shards (no virtual dataset in the entry "
+                "file); read it with ShardReader, which decodes it",
+            )
         return self._file()[name]
 
     @property

@@ -13,7 +13,13 @@ import h5py
 from ipmix_cli.errors import ShardError, one_line
 from ipmix_cli.shards.attrs import attr_value, decode_attr
 from ipmix_cli.shards.checksum import shard_checksum
-from ipmix_cli.shards.layout import RESERVED_ATTRS, SHARD_FORMAT_VERSION, SHARD_KIND
+from ipmix_cli.shards.codec import dataset_codec, dataset_image_shape, dataset_quality
+from ipmix_cli.shards.layout import (
+    RESERVED_ATTRS,
+    SHARD_FORMAT_VERSION,
+    SHARD_KIND,
+    shard_relpath,
+)
 
 
 @dataclass(frozen=True)
@@ -21,7 +27,10 @@ class ShardInfo:
     """What the entry file needs to know about one written shard.
 
     ``file`` is the shard's file name (inside the entry's ``.shards`` folder); ``image_shape``
-    is (H, W); ``mode`` is ``"standard"`` or ``"jsd"``.
+    is (H, W); ``mode`` is ``"standard"`` or ``"jsd"``; ``codec`` is how its image datasets
+    store images (``"raw"``, ``"jpeg"``, ``"png"``) and ``quality`` the JPEG quality (else
+    ``None``). The dict form leaves codec and quality out for raw shards, so records of raw
+    shards read and compare as they did before codecs existed.
     """
 
     index: int
@@ -31,11 +40,17 @@ class ShardInfo:
     image_shape: tuple[int, int]
     mode: str = "standard"
     attrs: dict[str, Any] = field(default_factory=dict, compare=False)
+    codec: str = "raw"
+    quality: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (used in manifests and resume records)."""
         d = asdict(self)
         d["image_shape"] = list(self.image_shape)
+        if self.codec == "raw":
+            del d["codec"]
+        if self.quality is None:
+            del d["quality"]
         return d
 
     @classmethod
@@ -49,6 +64,8 @@ class ShardInfo:
             image_shape=(int(d["image_shape"][0]), int(d["image_shape"][1])),
             mode=str(d.get("mode", "standard")),
             attrs=dict(d.get("attrs", {})),
+            codec=str(d.get("codec", "raw")),
+            quality=None if d.get("quality") is None else int(d["quality"]),
         )
 
 
@@ -60,7 +77,11 @@ def read_shard_info(path: str | os.PathLike[str]) -> ShardInfo:
     try:
         with h5py.File(p, "r") as f:
             a = {k: decode_attr(v) for k, v in f.attrs.items()}
-            shape = f["images"].shape if "images" in f else None
+            shape = codec = quality = None
+            if "images" in f:
+                images = f["images"]
+                codec, quality = dataset_codec(images), dataset_quality(images)
+                shape = (images.shape[0], *dataset_image_shape(images))
     except (OSError, KeyError, ValueError) as error:
         raise ShardError(p, f"unreadable (truncated or corrupt): {one_line(error, 160)}") from None
     if a.get("kind") != SHARD_KIND:
@@ -76,12 +97,14 @@ def read_shard_info(path: str | os.PathLike[str]) -> ShardInfo:
     extra = {k: v for k, v in a.items() if k not in RESERVED_ATTRS}
     return ShardInfo(
         index=int(a["shard_index"]),
-        file=p.name,
+        file=shard_relpath(p),
         count=int(a["count"]),
         checksum=str(a["checksum"]),
         image_shape=(int(shape[1]), int(shape[2])),
         mode=str(a.get("mode", "standard")),
         attrs=extra,
+        codec=str(codec),
+        quality=quality,
     )
 
 
@@ -94,8 +117,9 @@ def shard_is_valid(
     """Resume check: may the shard at ``path`` be kept instead of being recomputed?
 
     ``expected`` is the planned count (an int), or a :class:`ShardInfo` / mapping with ``count``
-    and optionally ``index``, ``checksum``, ``image_shape``, ``mode`` and ``attrs`` (every listed
-    attribute must match, e.g. a config hash). With ``deep`` the data are re-hashed and must match
+    and optionally ``index``, ``checksum``, ``image_shape``, ``mode``, ``codec``, ``quality`` and
+    ``attrs`` (every listed attribute must match, e.g. a config hash; a :class:`ShardInfo`
+    always lists its codec). With ``deep`` the data are re-hashed and must match
     the shard's stored checksum, which catches truncation and bit flips. Never raises for a bad
     shard: anything missing, unreadable or different is simply ``False``.
     """
@@ -118,6 +142,11 @@ def shard_is_valid(
     if want.get("image_shape") and tuple(info.image_shape) != tuple(want["image_shape"]):
         return False
     if want.get("mode") and info.mode != want["mode"]:
+        return False
+    want_codec = expected.codec if isinstance(expected, ShardInfo) else want.get("codec")
+    if want_codec and info.codec != want_codec:
+        return False
+    if want.get("quality") is not None and info.quality != int(want["quality"]):
         return False
     for key, value in dict(want.get("attrs") or {}).items():
         if info.attrs.get(key) != decode_attr(attr_value(value)):

@@ -4,6 +4,12 @@ One file per shard, written under a temporary name then renamed, so a killed run
 complete shards and ``--resume`` can keep them (``shard_is_valid``). Workers write pending
 shards; the process that owns the output commits them (fsync, rename), so the waiting on the
 disk happens away from the computing.
+
+Image datasets are stored raw ((n, H, W, 3) uint8, chunked, optionally compressed) or coded:
+one JPEG or PNG file per row in a variable-length uint8 dataset (:mod:`ipmix_cli.shards.codec`),
+with ``codec``, ``quality`` (JPEG) and ``image_shape`` attributes on the dataset. Coded datasets
+take no HDF5 filter: the files are compressed already, and deflating them again costs time for
+nothing.
 """
 
 from __future__ import annotations
@@ -17,10 +23,18 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ipmix_cli.errors import ShardError
+from ipmix_cli.errors import ConfigError, ShardError
 from ipmix_cli.fs.atomic import StagedFile, stage_bytes, write_error
 from ipmix_cli.shards.attrs import attr_value, decode_attr
-from ipmix_cli.shards.checksum import CHECKSUM_METHOD, compute_checksum
+from ipmix_cli.shards.checksum import CHECKSUM_METHOD, CODED_CHECKSUM_METHOD, compute_checksum
+from ipmix_cli.shards.codec import (
+    BLOB_DTYPE,
+    CHUNK_ROWS,
+    DEFAULT_QUALITY,
+    check_codec,
+    check_quality,
+    encode_images,
+)
 from ipmix_cli.shards.layout import (
     IMAGE_DATASETS,
     INDEX_DATASETS,
@@ -138,6 +152,9 @@ def write_shard_pending(
     compression: str | None = None,
     compression_level: int = 4,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    codec: str = "raw",
+    quality: int = DEFAULT_QUALITY,
+    file_name: str | None = None,
 ) -> PendingShard:
     """Write one complete shard under a unique temporary name beside ``path``; the returned
     :class:`PendingShard` commits it (fsync, rename) or discards it.
@@ -149,6 +166,13 @@ def write_shard_pending(
     in the file name (``shard-00042.h5`` -> 42). ``compression``: ``None``/``"none"``, ``"lzf"``
     (fast, but needs the LZF filter plugin outside h5py) or ``"gzip"`` (level
     ``compression_level``; readable by every HDF5).
+
+    ``codec``: ``"raw"`` (the default: pixels as they are, byte-identical to shards written
+    before codecs existed), ``"jpeg"`` (at ``quality`` 1..100) or ``"png"`` (lossless); a coded
+    shard takes no ``compression``. ``file_name`` is what the returned :class:`ShardInfo`
+    records as the shard's file (a path relative to the shard folder such as
+    ``0001/shard-01000.h5`` for outputs with subfolders); it defaults to ``path``'s name. The
+    index is read from ``path``'s own name either way.
 
     The augment job has its workers write pending shards and commits them in the parent: the
     fsync waits on the disk for ~30 ms a shard, which a worker would otherwise spend idle
@@ -162,28 +186,59 @@ def write_shard_pending(
         index = int(m.group(1))
     if compression not in COMPRESSIONS:
         raise ShardError(p, f"unknown compression {compression!r} (none, lzf or gzip)")
+    try:
+        codec = check_codec(codec)
+        stored_quality = check_quality(quality) if codec == "jpeg" else None
+    except ConfigError as error:
+        raise ShardError(p, error.problem) from None
+    if codec != "raw" and compression not in (None, "none"):
+        raise ShardError(p, "--compression applies to raw images only")
     extra = dict(attrs or {})
     clash = RESERVED_ATTRS & set(extra)
     if clash:
         raise ShardError(p, f"reserved shard attributes cannot be set: {', '.join(sorted(clash))}")
     data, mode = _check_arrays(p, arrays)
-    checksum = compute_checksum(data)
     n, h, w, _ = data["images"].shape
+    if codec == "raw":
+        checksum = compute_checksum(data)
+    else:
+        for name in IMAGE_DATASETS:
+            if name in data:
+                data[name] = encode_images(data[name], codec, quality)
+        checksum = compute_checksum(data, codec=codec, image_shape=(h, w, 3))
     filters: dict[str, Any] = {}
     if compression == "gzip":
         filters = {"compression": "gzip", "compression_opts": int(compression_level)}
     elif compression == "lzf":
         filters = {"compression": "lzf"}
-    with h5_in_memory(sum(a.nbytes for a in data.values())) as (f, image):
-        _fill_shard(f, data, filters, chunk_bytes, index, mode, checksum, extra)
+    coding = {"codec": codec, "quality": stored_quality, "image_shape": (h, w, 3)}
+    with h5_in_memory(sum(map(_stored_bytes, data.values()))) as (f, image):
+        _fill_shard(f, data, filters, chunk_bytes, index, mode, checksum, extra, coding)
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise write_error(p, error) from None
     staged = stage_bytes(p, image[0])
     stored = {k: decode_attr(attr_value(v)) for k, v in extra.items()}  # as read back
-    info = ShardInfo(int(index), p.name, int(n), checksum, (int(h), int(w)), mode, stored)
+    info = ShardInfo(
+        int(index),
+        p.name if file_name is None else str(file_name),
+        int(n),
+        checksum,
+        (int(h), int(w)),
+        mode,
+        stored,
+        codec=codec,
+        quality=stored_quality,
+    )
     return PendingShard(staged, info)
+
+
+def _stored_bytes(arr: np.ndarray) -> int:
+    """About how many bytes ``arr`` takes in the file (for sizing the in-memory image)."""
+    if arr.dtype == object:
+        return sum(int(row.nbytes) + 16 for row in arr)  # + its global heap reference
+    return int(arr.nbytes)
 
 
 def _fill_shard(
@@ -195,13 +250,26 @@ def _fill_shard(
     mode: str,
     checksum: str,
     extra: Mapping[str, Any],
+    coding: Mapping[str, Any],
 ) -> None:
     n = data["images"].shape[0]
+    coded = coding["codec"] != "raw"
     for name in (*IMAGE_DATASETS, *INDEX_DATASETS):
         if name not in data:
             continue
         arr = data[name]
-        if name in IMAGE_DATASETS:
+        if name in IMAGE_DATASETS and coded:
+            # (``data=`` writes the rows as they are: h5py 3.16's ``dataset[...] = rows``
+            # turns rows of equal length into a 2-D array and refuses them)
+            rows = np.asarray(arr, dtype=BLOB_DTYPE)
+            dataset = f.create_dataset(
+                name, data=rows, dtype=BLOB_DTYPE, chunks=(min(CHUNK_ROWS, n),)
+            )
+            dataset.attrs["codec"] = coding["codec"]
+            if coding["quality"] is not None:
+                dataset.attrs["quality"] = int(coding["quality"])
+            dataset.attrs["image_shape"] = np.array(coding["image_shape"], dtype=np.int64)
+        elif name in IMAGE_DATASETS:
             chunks = _image_chunks(arr.shape, chunk_bytes)
             dataset = f.create_dataset(name, data=arr, chunks=chunks, **filters)
         else:
@@ -215,6 +283,6 @@ def _fill_shard(
     f.attrs["count"] = int(n)
     f.attrs["mode"] = mode
     f.attrs["checksum"] = checksum
-    f.attrs["checksum_method"] = CHECKSUM_METHOD
+    f.attrs["checksum_method"] = CODED_CHECKSUM_METHOD if coded else CHECKSUM_METHOD
     for key, value in extra.items():
         f.attrs[key] = attr_value(value)
