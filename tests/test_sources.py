@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import multiprocessing
+import os
 import pickle
 from pathlib import Path
 
@@ -88,11 +89,19 @@ def test_folder_round_trip(folder) -> None:
 def test_folder_fingerprint_tracks_content(folder) -> None:
     root, images, _ = folder
     fp = open_source(root).fingerprint()
-    assert fp["files"] == 4 and fp["bytes"] > 0 and len(fp["sha256"]) == 64
-    lazy = open_source(root, validate=False).fingerprint()  # hashed on demand, same answer
-    assert lazy["sha256"] == fp["sha256"]
-    _png(root / "cat" / "a.png", 255 - images[0])
+    full = open_source(root, fingerprint="full").fingerprint()
+    assert fp["files"] == full["files"] == 4 and len(fp["sha256"]) == 64
+    assert fp["sha256"] != full["sha256"] and "mtime" in fp["method"]
+    assert open_source(root).fingerprint() == fp  # nothing changed: the same answer
+    target = root / "cat" / "a.png"
+    st = target.stat()
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched, same bytes
     assert open_source(root).fingerprint()["sha256"] != fp["sha256"]
+    assert open_source(root, fingerprint="full").fingerprint() == full
+    _png(target, 255 - images[0])  # same size, other content
+    assert open_source(root, fingerprint="full").fingerprint()["sha256"] != full["sha256"]
+    with pytest.raises(SourceError, match="unknown fingerprint"):
+        open_source(root, fingerprint="fast")
 
 
 def test_folder_of_mixed_sizes(tmp_path: Path) -> None:
@@ -150,14 +159,31 @@ def test_folder_structure_errors(tmp_path: Path) -> None:
 
 
 def test_parallel_scan_matches_serial_scan(tmp_path: Path) -> None:
+    from ipmix_cli.sources.folder import PARALLEL_FROM
+
     root = tmp_path / "many"
-    for k in range(300):  # above the size where the scan goes parallel
-        _png(root / ("train" if k % 3 else "test") / f"{k:04d}.png", _img(2, 2))
+    n = PARALLEL_FROM + 10  # above the size where the scan goes parallel
+    data = io.BytesIO()
+    Image.fromarray(_img(2, 3)).save(data, "PNG")
+    for k in range(n):
+        path = root / ("train" if k % 3 else "test") / f"{k:04d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data.getvalue())
     (root / "test" / "0003.png").write_bytes(b"")
+    seen = []
+
+    class Counter:
+        def start(self, total: int, done: int = 0) -> None:
+            seen.append(total)
+
+        def update(self, k: int) -> None:
+            seen.append(k)
+
     serial = open_source(root, on_error="skip")
-    parallel = open_source(root, on_error="skip", n_jobs=2)
+    parallel = open_source(root, on_error="skip", n_jobs=2, progress=Counter())
+    assert seen[0] == n and sum(seen[1:]) == n and len(seen) > 3  # a total, then chunks
     assert serial.format == "folder"  # class folders named train/test are not CIFAR
-    assert len(parallel) == len(serial) == 299 and parallel.skipped == serial.skipped
+    assert len(parallel) == len(serial) == n - 1 and parallel.skipped == serial.skipped
     np.testing.assert_array_equal(parallel.labels, serial.labels)
     assert parallel.fingerprint() == serial.fingerprint()
 

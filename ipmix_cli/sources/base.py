@@ -13,7 +13,7 @@ import os
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -28,6 +28,14 @@ ABANDONED_HANDLES: list[Any] = []
 # Sources are shared by the threads of one process (the threads backend): a lazy load of a
 # process-wide cache (a decompressed array, an HDF5 handle) happens once, under this lock.
 LAZY_LOAD = threading.RLock()
+
+
+class Progress(Protocol):
+    """What a long scan reports to (``ui.progress.LazyBar`` is one): the total, then steps."""
+
+    def start(self, total: int, done: int = 0) -> None: ...
+
+    def update(self, n: int) -> None: ...
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:

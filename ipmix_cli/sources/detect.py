@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from ipmix_cli.errors import SourceError
 from ipmix_cli.sources.arrays import Hdf5Source, NpySource, NpzSource
-from ipmix_cli.sources.base import Source
+from ipmix_cli.sources.base import Progress, Source
 from ipmix_cli.sources.cifar import CifarSource, cifar_variant
 from ipmix_cli.sources.folder import FolderSource
 
@@ -57,8 +58,10 @@ def open_source(
     *,
     split: str = "train",
     labels_path: str | os.PathLike[str] | None = None,
-    validate: bool = True,
+    fingerprint: str = "stat",
     n_jobs: int = 1,
+    progress: Progress | None = None,
+    exclude: Mapping[str, str] | None = None,
 ) -> Source:
     """Open a labelled image data set, auto-detecting its format unless ``input_format`` is given.
 
@@ -68,10 +71,10 @@ def open_source(
     in image folders; a broken array file is always an error.
 
     ``split`` selects the CIFAR split; ``labels_path`` gives the labels of a ``.npy`` input.
-    ``validate`` (folders only): decode every image now (default) so truncated files are found
-    before any work starts and the content hash comes for free; ``False`` reads headers only
-    (fast for huge folders; a file that then fails to decode raises when it is read).
-    ``n_jobs`` parallelises that scan with joblib.
+    Folders only: every file's header is checked now (``n_jobs`` worker processes, reporting to
+    ``progress``); ``fingerprint`` is ``"stat"`` (path, size, mtime, format and size per file)
+    or ``"full"`` (content hashes); ``exclude`` maps relative paths to the reason they are left
+    out (files a full check found broken).
     """
     p = Path(path).absolute()
     if on_error not in ON_ERROR:
@@ -88,7 +91,14 @@ def open_source(
     if fmt in ("npz", "npy", "hdf5") and not p.is_file():
         raise SourceError(p, f"input format '{fmt}' needs a file, this is a folder")
     if fmt == "folder":
-        return FolderSource(p, on_error=on_error, validate=validate, n_jobs=n_jobs)
+        return FolderSource(
+            p,
+            on_error=on_error,
+            fingerprint=fingerprint,
+            n_jobs=n_jobs,
+            progress=progress,
+            exclude=exclude,
+        )
     if fmt == "cifar":
         return CifarSource(p, split=split)
     if fmt == "npz":
