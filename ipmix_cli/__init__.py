@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from importlib.metadata import PackageNotFoundError, version
+
+STARTED = time.perf_counter()
+"""When this process imported ipmix: the dry run counts the start-up a real run pays."""
 
 try:
     __version__ = version("ipmix")

@@ -12,7 +12,16 @@ import click
 
 from ipmix_cli.errors import IpmixError, one_line
 
-RUN_OPTIONS = ("jobs", "backend", "scheduler", "resume", "overwrite", "dry_run", "quiet")
+RUN_OPTIONS = (
+    "jobs",
+    "backend",
+    "scheduler",
+    "resume",
+    "overwrite",
+    "dry_run",
+    "quiet",
+    "no_space_check",
+)
 """Options that say how to run a job rather than what it makes (``RunOptions``)."""
 
 
@@ -193,6 +202,84 @@ def parse_size(
     return (numbers[0], numbers[-1])
 
 
+_BYTE_UNITS = {
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+    "tib": 1 << 40,
+}
+
+
+def parse_shard_size(
+    _ctx: click.Context, _param: click.Parameter, value: str | None
+) -> tuple[str, int] | None:
+    """``4096`` (rows) or ``256MiB`` / ``1GB`` (raw image bytes) -> ("rows"|"bytes", n)."""
+    if value is None:
+        return None
+    text = value.strip().lower().replace(" ", "")
+    digits = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = text[len(digits) :]
+    try:
+        number = float(digits) if unit else int(digits)
+    except ValueError:
+        number = -1
+    if number <= 0 or (unit and unit not in _BYTE_UNITS):
+        raise click.BadParameter(
+            f"{value!r} is not a shard size: a number of rows (4096) or of bytes (256MiB, 1GB)"
+        )
+    if not unit:
+        return ("rows", int(number))
+    return ("bytes", int(number * _BYTE_UNITS[unit]))
+
+
+def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """How the rows are stored and checked, shared by ``augment`` and ``export``."""
+    for option in reversed(
+        [
+            click.option(
+                "--shard-size",
+                callback=parse_shard_size,
+                help="Per shard: rows (4096) or raw image bytes (256MiB). Default: 16-256 MiB, "
+                "about 64 shards per job.",
+            ),
+            click.option(
+                "--codec",
+                default="raw",
+                show_default=True,
+                type=click.Choice(["raw", "jpeg", "png"]),
+                help="How each image row is stored: raw uint8, or encoded (readers decode).",
+            ),
+            click.option(
+                "--quality",
+                default=90,
+                show_default=True,
+                type=click.IntRange(1, 100),
+                help="JPEG quality (--codec jpeg).",
+            ),
+            click.option(
+                "--fingerprint",
+                default="stat",
+                show_default=True,
+                type=click.Choice(["stat", "full"]),
+                help="How a folder input is identified for --resume: path, size, mtime and "
+                "header per file (stat), or content hashes (full: reads every byte).",
+            ),
+            click.option(
+                "--no-space-check",
+                is_flag=True,
+                help="Start even if the estimated output exceeds the free space.",
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
 @main.command()
 @click.option(
     "--input", "input_path", required=True, type=click.Path(path_type=Path), help="Data set."
@@ -222,9 +309,13 @@ def parse_size(
     "threads: one process, the kernels run without the GIL (no worker start-up, the data set "
     "read once). loky: local worker processes.",
 )
-@click.option("--shard-size", type=click.IntRange(min=1), help="Rows per shard (default: ~16 MiB).")
+@output_options
 @click.option(
-    "--compression", default="none", show_default=True, type=click.Choice(["none", "lzf", "gzip"])
+    "--compression",
+    default="none",
+    show_default=True,
+    type=click.Choice(["none", "lzf", "gzip"]),
+    help="HDF5 filter for --codec raw.",
 )
 @click.option("--k", type=click.IntRange(1, 64), help="Chains mixed together.")
 @click.option("--t", type=click.IntRange(0, 64), help="Max operations per chain.")
@@ -237,6 +328,17 @@ def parse_size(
     "--patch-overflow", type=click.Choice(["wrap", "clip"]), help="wrap: the reference's quirk."
 )
 @click.option("--pre", type=click.Choice(["cifar", "imagenet", "none"]), help="Pre-transform.")
+@click.option(
+    "--resize",
+    type=click.Choice(["center", "exact"]),
+    help="Inputs not of --size (cifar/none pre-transforms): center: shorter side to "
+    "--resize-side, then centre crop (default); exact: refuse them.",
+)
+@click.option(
+    "--resize-side",
+    type=click.IntRange(8, 1 << 15),
+    help="Shorter side before the centre crop (default: the output's shorter side).",
+)
 @click.option(
     "--input-format",
     type=click.Choice(["folder", "cifar", "npz", "npy", "hdf5"]),
@@ -259,6 +361,58 @@ def augment(**opts: Any) -> None:
 
     run = RunOptions(**{name: opts.pop(name) for name in RUN_OPTIONS if name in opts})
     augment_dataset(augment_spec(**opts), run)
+
+
+@main.command()
+@click.option(
+    "--input", "input_path", required=True, type=click.Path(path_type=Path), help="Data set."
+)
+@click.option(
+    "--out", required=True, type=click.Path(path_type=Path), help="Entry file, e.g. val.h5."
+)
+@click.option(
+    "--preset",
+    default="imagenet",
+    show_default=True,
+    type=click.Choice(["cifar", "imagenet"]),
+    help="Default size and resize: imagenet 224 from a 256 shorter side; cifar 32 from 32.",
+)
+@click.option("--size", callback=parse_size, help="Output size, 224 or HxW.")
+@click.option(
+    "--resize-side",
+    type=click.IntRange(8, 1 << 15),
+    help="Shorter side before the centre crop (imagenet default: size * 8 / 7, 256 for 224).",
+)
+@click.option(
+    "--jobs", default=-1, show_default=True, type=int, callback=check_jobs, help="-1: all cores."
+)
+@output_options
+@click.option(
+    "--input-format",
+    type=click.Choice(["folder", "cifar", "npz", "npy", "hdf5"]),
+    help="Default: detected.",
+)
+@click.option(
+    "--labels", "labels_path", type=click.Path(path_type=Path), help="Labels .npy for a .npy input."
+)
+@click.option("--split", default="train", show_default=True, type=click.Choice(["train", "test"]))
+@click.option("--on-error", default="fail", show_default=True, type=click.Choice(["fail", "skip"]))
+@click.option("--resume", is_flag=True, help="Finish an interrupted run (only missing/bad shards).")
+@click.option("--overwrite", is_flag=True, help="Replace existing output.")
+@click.option("--dry-run", is_flag=True, help="Check inputs and print the plan; write nothing.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@friendly_errors
+def export(**opts: Any) -> None:
+    """Store a data set unaugmented (shorter-side resize, centre crop, one copy) in the same
+    format as ``augment``, e.g. the validation set, so one reader serves both.
+
+    Example: ipmix export --input val/ --out val.h5 --codec jpeg
+    """
+    from ipmix_cli.commands import RunOptions
+    from ipmix_cli.commands.augment import augment_dataset, export_spec
+
+    run = RunOptions(**{name: opts.pop(name) for name in RUN_OPTIONS if name in opts})
+    augment_dataset(export_spec(**opts), run)
 
 
 @main.command("inspect")

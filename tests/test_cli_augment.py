@@ -105,7 +105,7 @@ def test_npz_end_to_end_matches_engine_and_plain_h5py(
         "--quiet",
     )
     assert code == 0, output
-    assert "48 images in 5 shards" in output
+    assert "48 images in 6 shards" in output  # 3 source ranges x 2 copies
     images, labels = expected_rows(*arrays, bank, IPMixConfig.preset("cifar"), copies=2, seed=7)
     with h5py.File(out, "r") as f:
         np.testing.assert_array_equal(f["images"][()], images)
@@ -114,7 +114,7 @@ def test_npz_end_to_end_matches_engine_and_plain_h5py(
         manifest = json.loads(f["ipmix/manifest"][()])
     assert manifest["seed"] == 7 and manifest["copies"] == 2
     assert manifest["config"]["patch_overflow"] == "wrap"
-    assert len(manifest["shards"]) == 5 and all(
+    assert len(manifest["shards"]) == 6 and all(
         s["checksum"].startswith("crc32:") for s in manifest["shards"]
     )
     assert manifest["source"]["fingerprint"]
@@ -262,9 +262,11 @@ def test_wrong_size_input_for_cifar_preset(tmp_path: Path, bank: Path) -> None:
         "--jobs",
         "1",
         "--quiet",
+        "--resize",
+        "exact",
     )
     assert code == 1
-    assert "40x40" in output and "--pre imagenet" in output
+    assert "40x40" in output and "--resize center" in output
     assert not (tmp_path / "o.h5").exists()
 
 

@@ -373,11 +373,11 @@ def test_task_errors_reach_the_user_as_one_line(
     out = tmp_path / "o.h5"
     code, output = run_cli(
         *("augment", "--input", path, "--mixing-set", bank, "--out", out, "--quiet"),
-        *("--scheduler", cluster.address),
+        *("--scheduler", cluster.address, "--resize", "exact"),
     )
     assert code == 1, output
     lines = output.strip().splitlines()
     assert (
-        lines[-1].startswith("Error: ") and "40x40" in lines[-1] and "--pre imagenet" in lines[-1]
+        lines[-1].startswith("Error: ") and "40x40" in lines[-1] and "--resize center" in lines[-1]
     )
     assert not out.exists()

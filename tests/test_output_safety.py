@@ -209,11 +209,12 @@ def test_a_wrong_size_folder_is_refused_before_any_work_naming_the_file(
     root = image_folder(tmp_path / "photos", [(32, 32)] * 5 + [(64, 48)] + [(32, 32)] * 2)
     out = tmp_path / "out.h5"
     for extra in (["--dry-run"], [], ["--size", "32"]):
-        line = one_line_failure(augment(root, mixing, out, *extra), "64x48", "--pre imagenet")
+        refused = augment(root, mixing, out, "--resize", "exact", *extra)
+        line = one_line_failure(refused, "64x48", "--resize center")
         assert line.startswith(f"Error: {root / 'class1' / '5.png'}:"), line
         assert "--size" not in line  # never suggest an option the user already gave
         assert not out.exists() and not out.with_suffix(".shards").exists()
-    fixed = augment(root, mixing, out, "--pre", "imagenet")  # no --overwrite needed
+    fixed = augment(root, mixing, out)  # the default resize takes it; no --overwrite needed
     assert fixed.returncode == 0, fixed.stderr
 
 

@@ -66,7 +66,9 @@ def shard_checksums(entry: Path) -> list[str]:
 
 
 PINNED_AUGMENT = {
-    "cifar": ["crc32:aba53daf", "crc32:d3b82a08", "crc32:2221eb3f", "crc32:12b71348"],
+    # Re-pinned when shards became copy-aligned (each copy's rows cut at the same source
+    # offsets): every row's bytes were checked equal to the old output; only the grouping moved.
+    "cifar": ["crc32:aba53daf", "crc32:e8981eb6", "crc32:fef9581c", "crc32:6ec7fa96"],
     "cifar-jsd-all-ops": ["crc32:5933cfd7", "crc32:2a22c44d"],
     "imagenet-64": ["crc32:b8e0395f", "crc32:49de161c"],
 }

@@ -22,3 +22,4 @@ class RunOptions:
     overwrite: bool = False
     dry_run: bool = False
     quiet: bool = False
+    no_space_check: bool = False

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from pathlib import Path
+from typing import Any
 
 import click
 
+import ipmix_cli
 from ipmix_cli import kernel_caches
 from ipmix_cli.augment.config import IPMixConfig
+from ipmix_cli.augment.mixing_set import MixingSet
 from ipmix_cli.commands import RunOptions
+from ipmix_cli.cores import resolve_jobs
 from ipmix_cli.jobs.augment_job import preflight, run_augment
-from ipmix_cli.jobs.augment_spec import AugmentSpec
+from ipmix_cli.jobs.augment_spec import AugmentSpec, human_bytes
+from ipmix_cli.jobs.estimate import estimate_output, free_bytes
 from ipmix_cli.jobs.parallel import backend_session, resolve_backend
 from ipmix_cli.ui.progress import LazyBar
 
@@ -37,9 +44,15 @@ def augment_spec(
     labels_path: Path | None = None,
     split: str = "train",
     on_error: str = "fail",
+    codec: str = "raw",
+    quality: int = 90,
+    fingerprint: str = "stat",
+    resize: str | None = None,
+    resize_side: int | None = None,
 ) -> AugmentSpec:
     """The :class:`AugmentSpec` that ``ipmix augment``'s options describe: the preset's
-    recipe with every option given overriding it (defaults are the CLI's)."""
+    recipe with every option given overriding it (defaults are the CLI's). ``shard_size`` is
+    a number of rows, or ``("rows", n)`` / ``("bytes", n)`` as the CLI parses it."""
     knobs = {
         "k": k,
         "t": t,
@@ -49,8 +62,11 @@ def augment_spec(
         "patch_overflow": patch_overflow,
         "pre": pre,
         "size": size,
+        "resize": resize,
+        "resize_side": resize_side,
     }
     overrides = {name: value for name, value in knobs.items() if value is not None}
+    rows, nbytes = _shard_rows_or_bytes(shard_size)
     return AugmentSpec(
         input=input_path,
         mixing_set=mixing_set,
@@ -58,13 +74,46 @@ def augment_spec(
         config=IPMixConfig.preset(preset, jsd=jsd, **overrides),
         copies=copies,
         seed=seed,
-        shard_size=shard_size,
+        shard_size=rows,
+        shard_bytes=nbytes,
         compression=compression,
         input_format=input_format,
         on_error=on_error,
         split=split,
         labels_path=labels_path,
+        codec=codec,
+        quality=quality,
+        fingerprint=fingerprint,
     )
+
+
+def export_spec(
+    input_path: Path,
+    out: Path,
+    preset: str = "imagenet",
+    size: tuple[int, int] | None = None,
+    resize_side: int | None = None,
+    **options: Any,
+) -> AugmentSpec:
+    """The clean export's spec (``ipmix export``): one copy, resized and centre-cropped, no
+    mixing set. The imagenet preset's default shorter side is torchvision's evaluation
+    habit, ``Resize(256)`` then ``CenterCrop(224)`` (size * 8 / 7); cifar's is the size."""
+    config = IPMixConfig.preset(preset, **({"size": size} if size else {}))
+    if resize_side is None and preset == "imagenet":
+        resize_side = min(config.size) * 8 // 7
+    spec = augment_spec(
+        input_path, Path(), out, preset=preset, size=size, resize_side=resize_side, **options
+    )
+    return dataclasses.replace(spec, clean=True, mixing_set=None)
+
+
+def _shard_rows_or_bytes(value: int | tuple[str, int] | None) -> tuple[int | None, int | None]:
+    if value is None:
+        return None, None
+    if isinstance(value, tuple):
+        kind, n = value
+        return (n, None) if kind == "rows" else (None, n)
+    return int(value), None
 
 
 def augment_dataset(spec: AugmentSpec, run: RunOptions) -> None:
@@ -72,10 +121,12 @@ def augment_dataset(spec: AugmentSpec, run: RunOptions) -> None:
     kernel_caches.refresh()
     backend = resolve_backend(run.backend, run.scheduler, default="threads")
     if run.dry_run:
-        _dry_run(spec)
+        _dry_run(spec, run.jobs, backend, quiet=run.quiet)
         return
+    name = "export" if spec.clean else "augment"
     with (
-        LazyBar("augment", enabled=not run.quiet) as bar,
+        LazyBar("scan", unit="files", enabled=not run.quiet) as scan,
+        LazyBar(name, enabled=not run.quiet) as bar,
         backend_session(backend, run.scheduler),
     ):
         summary = run_augment(
@@ -83,24 +134,54 @@ def augment_dataset(spec: AugmentSpec, run: RunOptions) -> None:
             jobs=run.jobs,
             overwrite=run.overwrite,
             resume=run.resume,
-            on_start=bar.start,
+            on_start=lambda total, done: (scan.close(), bar.start(total, done)),
             on_progress=bar.update,
             backend=backend,
+            scan=scan,
+            space_check=not run.no_space_check,
         )
     for path, reason in summary.skipped:
         click.echo(f"skipped {path}: {reason}", err=True)
     click.echo(summary.line())
 
 
-def _dry_run(spec: AugmentSpec) -> None:
-    """Every check the real run makes (it runs the same preflight), then the plan."""
-    plan = preflight(spec)
+def _dry_run(spec: AugmentSpec, jobs: int, backend: str, quiet: bool = False) -> None:
+    """Every check the real run makes (it runs the same preflight), then the plan: rows,
+    shards, output bytes for the codec, the free space, and a time from a timed sample."""
+    started = time.perf_counter()
+    startup = started - ipmix_cli.STARTED  # imports: a real run pays them again
+    with LazyBar("scan", unit="files", enabled=not quiet) as scan:
+        plan = preflight(spec, jobs=jobs, progress=scan)
     config = spec.config
     h, w = config.size
-    recipe = f"preset {config.preset_name}" if config.preset_name else "customised recipe"
+    mixing = None if spec.clean else MixingSet.from_pictures(plan.pictures, config)
+    preparing = time.perf_counter() - started  # the real run pays this too: scan, mixing set
+    estimate = estimate_output(
+        spec, plan.source, mixing, plan.rows, plan.num_shards, timed=True, jobs=jobs,
+        backend=backend,
+    )  # fmt: skip
+    fixed = startup + preparing + estimate.warmup
+    estimate = dataclasses.replace(estimate, seconds=(estimate.seconds or 0.0) + fixed)
+    folder, free = free_bytes(spec.out)
+    if spec.clean:
+        recipe = f"clean export (resize, centre crop), {spec.codec}"
+    else:
+        recipe = f"preset {config.preset_name}" if config.preset_name else "customised recipe"
+        recipe += f", mixing set of {len(plan.pictures)} pictures, {spec.codec}"
+    if spec.codec == "jpeg":
+        recipe += f" q{spec.quality}"
+    fits = "fits" if estimate.bytes <= free else "DOES NOT FIT (the run would refuse to start)"
     click.echo(
         f"dry run: {len(plan.source)} images ({plan.source.format}, "
-        f"{len(plan.source.class_names)} classes) x {spec.copies} copies = {plan.rows} rows of "
-        f"{h}x{w}x3 in {plan.num_shards} shards (~{plan.rows * spec.row_bytes() / 1e6:.1f} MB), "
-        f"mixing set of {len(plan.pictures)} pictures, {recipe}; nothing written"
+        f"{len(plan.source.class_names)} classes) x {spec.copies} "
+        f"{'copy' if spec.copies == 1 else 'copies'} = {plan.rows} rows of {h}x{w}x3 in "
+        f"{plan.num_shards} {'shard' if plan.num_shards == 1 else 'shards'}, {recipe}\n"
+        f"output: {estimate.describe()} on {jobs_text(jobs)}\n"
+        f"free:   {human_bytes(free)} at {folder}: {fits}\n"
+        "nothing written"
     )
+
+
+def jobs_text(jobs: int) -> str:
+    n = resolve_jobs(jobs)
+    return f"{n} {'worker' if n == 1 else 'workers'}"

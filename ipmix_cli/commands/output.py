@@ -9,7 +9,8 @@ import click
 import numpy as np
 
 from ipmix_cli.errors import OutputError, ShardError
-from ipmix_cli.shards import Output, inspect, open_output, verify
+from ipmix_cli.jobs.augment_spec import human_bytes
+from ipmix_cli.shards import check_output, inspect, verify
 from ipmix_cli.sources import open_mixing_set
 from ipmix_cli.ui.contact_sheet import contact_sheet, save_png_atomic
 
@@ -29,9 +30,10 @@ def inspect_output(entry: Path, as_json: bool) -> None:
         "\n".join(
             [
                 f"file:      {info['path']}",
-                f"images:    {info['count']} ({info['mode']}), {h}x{w} RGB uint8",
+                f"images:    {info['count']} ({info['mode']}), {h}x{w} RGB uint8, stored "
+                + _stored(info),
                 f"shards:    {info['num_shards']} ({info['missing_shards']} missing)",
-                f"bytes:     {info['bytes_on_disk'] / 1e6:.1f} MB on disk",
+                f"bytes:     {human_bytes(info['bytes_on_disk'])} on disk",
                 f"classes:   {len(names)}: {shown}",
                 f"source:    {source.get('path', '?')} ({source.get('format', '?')})",
                 f"seed:      {info.get('seed')}",
@@ -57,22 +59,33 @@ def verify_output(entry: Path, quick: bool, jobs: int = -1) -> None:
     )
 
 
-def _sample_rows(output: Output, count: int) -> tuple[list[np.ndarray], list[str]]:
+def _stored(info: dict) -> str:
+    codec = info.get("codec") or "raw"
+    return f"jpeg q{info.get('quality')}" if codec == "jpeg" else codec
+
+
+def _sample_rows(target: Path, count: int) -> tuple[list[np.ndarray], list[str]]:
     """About ``count`` pictures from rows spread evenly over the output (so several classes and
-    copies show); in JSD mode each row contributes its clean image and both views side by side."""
-    names = output.class_names
-    wanted = max(1, count // 3) if output.mode == "jsd" else count
-    rows = np.unique(np.linspace(0, len(output) - 1, min(wanted, len(output))).astype(int))
+    copies show); in JSD mode each row contributes its clean image and both views side by side.
+    Read through ``ShardReader``, which decodes JPEG and PNG rows as it does raw ones."""
+    from ipmix_cli.readers import ShardReader
+
+    jsd = ShardReader(target).mode == "jsd"
+    views = ("clean", "images", "images2") if jsd else ("images",)
+    with ShardReader(target, views=views) as reader:
+        names = reader.class_names
+        wanted = max(1, count // 3) if jsd else count
+        rows = np.unique(np.linspace(0, len(reader) - 1, min(wanted, len(reader))).astype(int))
+        batch = reader.read(rows)
     pictures: list[np.ndarray] = []
     captions: list[str] = []
-    for row in rows.tolist():
-        label = int(output.labels[row])
+    for k, label in enumerate(batch["labels"].tolist()):
         name = names[label] if label < len(names) else str(label)
-        if output.mode == "jsd":
-            pictures += [output.dataset(d)[row] for d in ("clean", "images", "images2")]
+        if jsd:
+            pictures += [batch[d][k] for d in views]
             captions += [f"{name} clean", "view 1", "view 2"]
         else:
-            pictures.append(output.images[row])
+            pictures.append(batch["images"][k])
             captions.append(name)
     return pictures, captions
 
@@ -85,8 +98,8 @@ def preview_target(target: Path, out: Path, count: int, overwrite: bool) -> None
         pictures = open_mixing_set(target, limit=count)
         captions = None
     else:
-        with open_output(target) as output:
-            pictures, captions = _sample_rows(output, count)
+        check_output(target)  # one-line errors for a missing or broken output
+        pictures, captions = _sample_rows(target, count)
     columns = 9 if captions and captions[0].endswith("clean") else 8
     save_png_atomic(contact_sheet(pictures, captions=captions, columns=columns, cell=128), out)
     click.echo(f"{len(pictures)} images -> {out}")

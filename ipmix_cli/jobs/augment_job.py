@@ -12,12 +12,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import pickle
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from ipmix_cli.augment.config import IPMixConfig
 from ipmix_cli.augment.engine import warmup
 from ipmix_cli.augment.mixing_set import MixingSet, resized_shape
 from ipmix_cli.cores import resolve_jobs
-from ipmix_cli.errors import AugmentError, DiskFullError
+from ipmix_cli.errors import AugmentError, DecodeError, DiskFullError
 from ipmix_cli.fs.atomic import (
     atomic_path,
     remove_stale_temporaries,
@@ -36,9 +35,10 @@ from ipmix_cli.fs.atomic import (
     write_error,
 )
 from ipmix_cli.fs.tree import remove_tree
-from ipmix_cli.jobs.augment_output import AugmentOutput
+from ipmix_cli.jobs.augment_output import AugmentOutput, State
 from ipmix_cli.jobs.augment_spec import AugmentSpec, AugmentSummary
-from ipmix_cli.jobs.augment_tasks import ShardTask, commit_all, compute_shard
+from ipmix_cli.jobs.augment_tasks import ShardTask, commit_all, compute_shards
+from ipmix_cli.jobs.estimate import check_space, estimate_output
 from ipmix_cli.jobs.parallel import run_unordered
 from ipmix_cli.shards import (
     ShardInfo,
@@ -47,7 +47,10 @@ from ipmix_cli.shards import (
     shard_is_valid,
     write_entry,
 )
+from ipmix_cli.shards.layout import shard_relpath, shard_subfolders
 from ipmix_cli.sources import Source, open_mixing_set, open_source
+from ipmix_cli.sources.base import Progress
+from ipmix_cli.sources.folder import FolderSource
 from ipmix_cli.versions import byte_versions
 
 MIXING_FILE = "mixing-set.npz"
@@ -85,34 +88,56 @@ def _identity(spec: AugmentSpec, source: Source, mixing_print: dict[str, Any]) -
         "config": spec.config.to_dict(),
         "seed": spec.seed,
         "copies": spec.copies,
-        "rows_per_shard": spec.rows_per_shard(),
+        "rows_per_shard": spec.rows_per_shard(len(source)),
         "compression": spec.compression,
+        "codec": spec.codec,
+        "quality": spec.quality if spec.codec == "jpeg" else None,
+        "clean": spec.clean,
         "source": source.fingerprint(),
         "source_count": len(source),
         "mixing_set": mixing_print,
     }
 
 
-def plan_shards(total_rows: int, rows_per_shard: int) -> list[tuple[int, int]]:
+def _remove_temporaries(folder: Path) -> None:
+    """Temporary files a killed run left in the shard folder and its subfolders."""
+    for place in (folder, *shard_subfolders(folder)):
+        remove_stale_temporaries(place)
+
+
+def plan_shards(n_sources: int, copies: int, rows_per_shard: int) -> list[tuple[int, int]]:
+    """Row ranges of the shards, in index order: each copy's block of ``n_sources`` rows cut
+    at the same source offsets, so that shard ``c * per_copy + j`` holds copy ``c`` of the
+    sources of shard ``j`` (one task then decodes those images once for every copy)."""
     return [
-        (start, min(start + rows_per_shard, total_rows))
-        for start in range(0, total_rows, rows_per_shard)
+        (c * n_sources + a, c * n_sources + min(a + rows_per_shard, n_sources))
+        for c in range(copies)
+        for a in range(0, n_sources, rows_per_shard)
     ]
 
 
-def open_inputs(spec: AugmentSpec, jobs: int = 1) -> tuple[Source, list[np.ndarray]]:
-    """Open and check the data set and the mixing set (errors name the file)."""
+def open_inputs(
+    spec: AugmentSpec,
+    jobs: int = 1,
+    progress: Progress | None = None,
+    exclude: Mapping[str, str] | None = None,
+) -> tuple[Source, list[np.ndarray]]:
+    """Open and check the data set and the mixing set (errors name the file); a folder's scan
+    runs on ``jobs`` workers and reports to ``progress``. The clean export has no mixing set."""
     source = open_source(
         spec.input,
         spec.input_format,
         spec.on_error,
         split=spec.split,
         labels_path=spec.labels_path,
+        fingerprint=spec.fingerprint,
         n_jobs=jobs,
+        progress=progress,
+        exclude=exclude,
     )
     if len(source) == 0:
         raise AugmentError(f"{spec.input}: no readable images")
-    pictures = open_mixing_set(spec.mixing_set)
+    pictures = [] if spec.clean else open_mixing_set(spec.mixing_set)
     return source, pictures
 
 
@@ -132,32 +157,48 @@ class AugmentPlan:
         return len(self.source) * self.spec.copies
 
     @property
+    def rows_per_shard(self) -> int:
+        return self.spec.rows_per_shard(len(self.source))
+
+    @property
     def num_shards(self) -> int:
-        return math.ceil(self.rows / self.spec.rows_per_shard())
+        return self.spec.num_shards(len(self.source))
 
 
-def preflight(spec: AugmentSpec, jobs: int = 1) -> AugmentPlan:
+def preflight(
+    spec: AugmentSpec,
+    jobs: int = 1,
+    progress: Progress | None = None,
+    exclude: Mapping[str, str] | None = None,
+) -> AugmentPlan:
     """Every check the job can make before it starts, in the order of their cost; ``--dry-run``
     runs exactly this. Nothing is written."""
     spec.validate()
     output = AugmentOutput(spec.out)
     output.check_names()
-    output.check_apart_from([spec.input, spec.mixing_set, spec.labels_path])
-    source, pictures = open_inputs(spec, jobs=jobs)
+    output.check_apart_from([spec.input, None if spec.clean else spec.mixing_set, spec.labels_path])
+    source, pictures = open_inputs(spec, jobs=jobs, progress=progress, exclude=exclude)
     spec.validate_size(len(source))
     config = spec.config
-    if config.pre in ("cifar", "none"):
+    if config.pre in ("cifar", "none") and config.resize == "exact" and not spec.clean:
         other = source.image_of_other_size(config.size)
         if other is not None:
             path, (h, w) = other
             raise AugmentError(
                 path,
                 f"image is {h}x{w}, but the {config.pre} pre-transform takes "
-                f"{config.size[0]}x{config.size[1]} images only (the output size); "
-                "--pre imagenet (RandomResizedCrop) takes any size",
+                f"{config.size[0]}x{config.size[1]} images only with --resize exact; "
+                "--resize center (the default) takes any size",
             )
+    if spec.clean:
+        return _plan(spec, source, [], {})
     _check_mixing_memory(spec, pictures)
-    mixing_print = _fingerprint_mixing(pictures, spec.mixing_set)
+    return _plan(spec, source, pictures, _fingerprint_mixing(pictures, spec.mixing_set))
+
+
+def _plan(
+    spec: AugmentSpec, source: Source, pictures: list[np.ndarray], mixing_print: dict[str, Any]
+) -> AugmentPlan:
     identity = _identity(spec, source, mixing_print)
     job_hash = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     return AugmentPlan(spec, source, pictures, mixing_print, identity, job_hash)
@@ -187,37 +228,99 @@ def run_augment(
     on_start: Callable[[int, int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
     backend: str = "threads",
+    scan: Progress | None = None,
+    space_check: bool = True,
 ) -> AugmentSummary:
     """Augment ``spec.input`` into shards + entry file at ``spec.out``.
 
-    ``on_start(total_images, already_done)`` is called once the plan is known, then
-    ``on_progress(n)`` after each finished shard, so a caller can drive a progress bar.
+    ``scan`` shows the input scan's progress; ``on_start(total_images, already_done)`` is
+    called once the plan is known, then ``on_progress(n)`` after each finished shard, so a
+    caller can drive progress bars. ``space_check``: refuse to start when the estimated output
+    does not fit in the free space.
+
+    A folder image whose header passed the scan but that turns out broken when a worker
+    decodes it follows ``--on-error``: ``fail`` stops the job naming it (finished shards are
+    kept); ``skip`` checks every image fully (the only case where images are decoded twice),
+    then runs the job again without the broken ones, since the row layout depends on the
+    number of images.
     """
     if overwrite and resume:
         raise AugmentError(f"{spec.out}: choose one of --overwrite and --resume")
     started = time.perf_counter()
     in_process = backend == "threads" or (backend == "loky" and resolve_jobs(jobs) == 1)
-    warming = _start_warmup(spec.config) if in_process else None
+    warm = in_process and not spec.clean
+    # A folder's scan forks workers: the warm-up thread (inside numba) starts after it.
+    folder = Path(spec.input).is_dir() and spec.input_format in (None, "folder")
+    warming = _start_warmup(spec.config) if warm and not folder else None
     try:
-        plan = preflight(spec, jobs=max(1, jobs))
+        plan = preflight(spec, jobs=jobs, progress=scan)
+        if warm and folder:
+            warming = _start_warmup(spec.config)
         output = AugmentOutput(spec.out)
         with output.lock():
-            try:
-                summary = _run(
-                    plan, output, jobs, overwrite, resume, on_start, on_progress, backend
-                )
-            except BaseException as error:
-                output.discard_attempt()
-                if isinstance(error, DiskFullError):
-                    raise DiskFullError(
-                        f"{error}; finished shards are kept; free space and rerun with --resume"
-                    ) from None
-                raise
+            summary = _attempt(
+                plan,
+                output,
+                jobs,
+                overwrite,
+                resume,
+                on_start,
+                on_progress,
+                backend,
+                space_check,
+                scan,
+            )
     finally:
         if warming is not None:
             warming.join()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _attempt(
+    plan: AugmentPlan,
+    output: AugmentOutput,
+    jobs: int,
+    overwrite: bool,
+    resume: bool,
+    on_start: Callable[[int, int], None] | None,
+    on_progress: Callable[[int], None] | None,
+    backend: str,
+    space_check: bool,
+    scan: Progress | None,
+) -> AugmentSummary:
+    spec = plan.spec
+    fresh = overwrite or output.state() in (State.ABSENT, State.STALE)
+    try:
+        return _run(
+            plan, output, jobs, overwrite, resume, on_start, on_progress, backend, space_check
+        )
+    except DecodeError as error:
+        if spec.on_error != "skip" or not isinstance(plan.source, FolderSource):
+            output.discard_attempt()
+            raise DecodeError(
+                f"{error} (its header passed the scan); fix or remove the file and rerun with "
+                "--overwrite, or leave broken files out with --on-error skip"
+            ) from None
+        if not fresh:
+            raise DecodeError(
+                f"{error}; with --on-error skip the job must start again without it, which "
+                "replaces the shards here: rerun with --overwrite"
+            ) from None
+    except BaseException as error:
+        output.discard_attempt()
+        if isinstance(error, DiskFullError):
+            raise DiskFullError(
+                f"{error}; finished shards are kept; free space and rerun with --resume"
+            ) from None
+        raise
+    broken = plan.source.undecodable(jobs, progress=scan)
+    plan = preflight(spec, jobs=jobs, progress=scan, exclude=dict(broken))
+    try:
+        return _run(plan, output, jobs, True, False, on_start, on_progress, backend, space_check)
+    except BaseException:
+        output.discard_attempt()
+        raise
 
 
 def _run(
@@ -229,71 +332,82 @@ def _run(
     on_start: Callable[[int, int], None] | None,
     on_progress: Callable[[int], None] | None,
     backend: str,
+    space_check: bool = True,
 ) -> AugmentSummary:
     spec, source, job_hash = plan.spec, plan.source, plan.job_hash
     reuse = output.claim(plan.identity, job_hash, overwrite=overwrite, resume=resume)
     folder = output.folder
     if reuse:  # nothing else writes here (we hold the lock): drop what a killed run left
-        remove_stale_temporaries(folder)
+        _remove_temporaries(folder)
         remove_stale_temporaries(output.work)
     try:
         output.work.mkdir(exist_ok=True)
     except OSError as error:
         raise write_error(output.work, error) from None
     write_bytes_atomic(output.job_file, json.dumps(plan.identity, sort_keys=True).encode())
-    mixing = MixingSet.from_pictures(plan.pictures, spec.config)
+    mixing = None if spec.clean else MixingSet.from_pictures(plan.pictures, spec.config)
     mixing_file = output.work / MIXING_FILE
-    try:
-        with atomic_path(mixing_file) as tmp, open(tmp, "wb") as handle:
-            np.savez(handle, pictures=mixing.pictures, shapes=mixing.shapes)
-    except OSError as error:
-        raise write_error(mixing_file, error) from None
+    if mixing is not None:
+        try:
+            with atomic_path(mixing_file) as tmp, open(tmp, "wb") as handle:
+                np.savez(handle, pictures=mixing.pictures, shapes=mixing.shapes)
+        except OSError as error:
+            raise write_error(mixing_file, error) from None
     source_file = output.work / SOURCE_FILE
     write_bytes_atomic(source_file, pickle.dumps(source, protocol=pickle.HIGHEST_PROTOCOL))
 
     n_sources = len(source)
-    ranges = plan_shards(plan.rows, spec.rows_per_shard())
+    ranges = plan_shards(n_sources, spec.copies, plan.rows_per_shard)
+    num_shards = len(ranges)
+    per_copy = num_shards // spec.copies
     parent_pid = os.getpid() if backend == "loky" else None
     infos: dict[int, ShardInfo] = {}
-    tasks: list[ShardTask] = []
+    todo: dict[int, list[tuple[int, int, int]]] = {}  # source range -> its shards to make
     for index, (start, stop) in enumerate(ranges):
-        path = folder / shard_filename(index)
+        path = folder / shard_filename(index, num_shards)
         expected = {"count": stop - start, "index": index, "attrs": {"job": job_hash}}
         if reuse and shard_is_valid(path, expected):
             infos[index] = read_shard_info(path)
         else:
-            tasks.append(
-                ShardTask(
-                    index,
-                    start,
-                    stop,
-                    n_sources,
-                    source_file,
-                    mixing_file,
-                    spec,
-                    job_hash,
-                    parent_pid,
-                )
-            )
-    wanted = {shard_filename(i) for i in range(len(ranges))}
+            todo.setdefault(index % per_copy, []).append((index, start, stop))
+    tasks = [
+        ShardTask(
+            tuple(shards),
+            n_sources,
+            source_file,
+            mixing_file,
+            spec,
+            job_hash,
+            parent_pid,
+            num_shards,
+        )
+        for _, shards in sorted(todo.items())
+    ]
+    wanted = {shard_filename(i, num_shards) for i in range(num_shards)}
     for stale in output.finished_shards():
-        if stale.name not in wanted:
+        if shard_relpath(stale) not in wanted:
             stale.unlink()
+    if space_check:
+        missing = [shard for task in tasks for shard in task.shards]
+        rows = sum(stop - start for _, start, stop in missing)
+        need = estimate_output(spec, source, mixing, rows, len(missing), timed=False).bytes
+        check_space(spec.out, need)
+    infos_reused = set(infos)
     reused_rows = sum(info.count for info in infos.values())
     if on_start:
         on_start(plan.rows, reused_rows)
-    results = run_unordered(compute_shard, tasks, jobs=jobs, backend=backend)
+    results = run_unordered(compute_shards, tasks, jobs=jobs, backend=backend)
     try:
         for info in commit_all(results, on_progress):
             infos[info.index] = info
     except BaseException:
         results.close()  # stop the workers (threads finish the shard they are on first)
         if backend != "dask":  # nothing of ours writes here any more: drop what was half-done
-            remove_stale_temporaries(folder)
+            _remove_temporaries(folder)
         raise
     # A worker killed mid-write (its task then reran elsewhere) leaves its temporary file; every
     # task has finished now, so nothing is writing here any more.
-    remove_stale_temporaries(folder)
+    _remove_temporaries(folder)
 
     about = {
         "environment": byte_versions(),
@@ -301,8 +415,11 @@ def _run(
         "seed": spec.seed,
         "copies": spec.copies,
         "num_sources": n_sources,
-        "rows_per_shard": spec.rows_per_shard(),
+        "rows_per_shard": plan.rows_per_shard,
         "compression": spec.compression,
+        "codec": spec.codec,
+        "quality": spec.quality if spec.codec == "jpeg" else None,
+        "clean": spec.clean,
         "source": {**source.to_dict(), "fingerprint": source.fingerprint()},
         "mixing_set": plan.mixing_print,
         "skipped": [list(item) for item in source.skipped],
@@ -321,8 +438,8 @@ def _run(
         out=spec.out,
         images=plan.rows,
         shards=len(ranges),
-        computed_shards=len(tasks),
-        reused_shards=len(ranges) - len(tasks),
+        computed_shards=len(ranges) - len(infos_reused),
+        reused_shards=len(infos_reused),
         bytes=size,
         seconds=0.0,
         skipped=[(str(a), str(b)) for a, b in source.skipped],

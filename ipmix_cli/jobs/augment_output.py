@@ -25,7 +25,7 @@ from ipmix_cli.errors import AugmentError, OutputError, ShardError
 from ipmix_cli.fs.lock import exclusive_lock
 from ipmix_cli.fs.tree import remove_tree
 from ipmix_cli.shards import Manifest, read_manifest, read_shard_info, shard_dir
-from ipmix_cli.shards.layout import LOCK_FILE, SHARD_NAME
+from ipmix_cli.shards.layout import LOCK_FILE, shard_files_in
 
 WORK_DIR = ".work"
 JOB_FILE = "job.json"
@@ -102,9 +102,7 @@ class AugmentOutput:
 
     # -- what is there -----------------------------------------------------------------------
     def finished_shards(self) -> list[Path]:
-        if not self.folder.is_dir():
-            return []
-        return sorted(p for p in self.folder.iterdir() if SHARD_NAME.match(p.name))
+        return shard_files_in(self.folder)
 
     def state(self) -> State:
         if self.entry.exists():

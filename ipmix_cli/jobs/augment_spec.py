@@ -9,7 +9,9 @@ from pathlib import Path
 from ipmix_cli.augment.config import IPMixConfig
 from ipmix_cli.errors import AugmentError
 
-SHARD_TARGET_BYTES = 16 * 1024 * 1024
+SHARD_MIN_BYTES = 16 << 20  # the default shard target: at least this ...
+SHARD_MAX_BYTES = 256 << 20  # ... at most this, ...
+SHARD_TARGET_COUNT = 64  # ... and otherwise the job's raw bytes over this many shards
 # Sane bounds, checked before anything is allocated or written: one bad value (a typo in
 # --copies, a label of 2**40) must be a one-line error, not a MemoryError after an hour.
 MAX_COPIES = 100_000
@@ -19,10 +21,17 @@ MAX_ROWS = 1 << 40
 MAX_SHARDS = 1_000_000
 SEEDS = (0, 1 << 64)
 COMPRESSIONS = ("none", "lzf", "gzip")
+CODECS = ("raw", "jpeg", "png")
+FINGERPRINTS = ("stat", "full")
 ON_ERROR = ("fail", "skip")
 
 
-def _human_bytes(n: float) -> str:
+def _plural(n: int, word: str) -> str:
+    return word if n == 1 else word + "s"
+
+
+def human_bytes(n: float) -> str:
+    """``n`` bytes in decimal units, as a person reads them (``1.2 GB``, ``3.4 TB``)."""
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -41,19 +50,41 @@ class AugmentSpec:
     copies: int = 1
     seed: int = 0
     shard_size: int | None = None
+    """Rows per shard; ``None``: from ``shard_bytes``, else the default target."""
     compression: str = "none"
     input_format: str | None = None
     on_error: str = "fail"
     split: str = "train"
     labels_path: Path | None = None
+    shard_bytes: int | None = None
+    """Raw image bytes per shard (``--shard-size 256MiB``); rows are what is planned."""
+    codec: str = "raw"
+    quality: int = 90
+    fingerprint: str = "stat"
+    clean: bool = False
+    """The clean export (``ipmix export``): resize and centre crop, no augmentation."""
 
-    def rows_per_shard(self) -> int:
-        """Explicit ``shard_size``, else about 16 MiB of images per shard (64 to 16384 rows):
-        small enough that a CIFAR-sized job splits into many shards for load balance and cheap
-        resume, large enough that per-shard overhead (open, checksum, fsync) stays negligible."""
+    def rows_per_shard(self, n_sources: int) -> int:
+        """Rows per shard: the explicit ``shard_size``, else ``shard_bytes`` of raw images,
+        else a default of 16-256 MiB of raw images that splits the job into about 64 shards.
+        A CIFAR-sized job then has enough shards for load balance and cheap resume, and
+        ImageNet at 224 px a few thousand 256 MiB files rather than 46,000 of 16 MiB (per-shard
+        overhead, open, checksum, fsync, stays negligible either way). Raw bytes, whatever the
+        codec: the plan must not depend on how well the images compress."""
         if self.shard_size is not None:
-            return self.shard_size
-        return int(max(64, min(16384, SHARD_TARGET_BYTES // self.row_bytes())))
+            return int(self.shard_size)
+        row = self.row_bytes()
+        if self.shard_bytes is not None:
+            return max(1, int(self.shard_bytes) // row)
+        total = int(n_sources) * int(self.copies) * row
+        target = min(SHARD_MAX_BYTES, max(SHARD_MIN_BYTES, total // SHARD_TARGET_COUNT))
+        # A task holds one shard per copy in memory (it decodes each image once for all):
+        # the target is for the task, so a shard is 1/copies of it.
+        return int(max(8, min(1 << 20, target // (row * int(self.copies)))))
+
+    def num_shards(self, n_sources: int) -> int:
+        """Shards of the job: each copy's block of rows cut into the same source ranges."""
+        return int(self.copies) * math.ceil(int(n_sources) / self.rows_per_shard(n_sources))
 
     def row_bytes(self) -> int:
         """Bytes of one output row's images (all views)."""
@@ -76,21 +107,38 @@ class AugmentSpec:
             )
         if self.on_error not in ON_ERROR:
             raise AugmentError(out, f"--on-error must be fail or skip, got {self.on_error!r}")
+        if self.codec not in CODECS:
+            raise AugmentError(out, f"unknown --codec {self.codec!r} ({', '.join(CODECS)})")
+        if self.codec != "raw" and self.compression != "none":
+            raise AugmentError(out, "--compression applies to --codec raw only")
+        if isinstance(self.quality, bool) or not 1 <= int(self.quality) <= 100:
+            raise AugmentError(out, f"--quality must be in 1..100, got {self.quality}")
+        if self.fingerprint not in FINGERPRINTS:
+            raise AugmentError(out, f"--fingerprint must be stat or full, got {self.fingerprint!r}")
         if self.shard_size is not None and int(self.shard_size) < 1:
             raise AugmentError(out, f"--shard-size must be at least 1 row, got {self.shard_size}")
-        shard_bytes = self.rows_per_shard() * self.row_bytes()
-        if shard_bytes > MAX_SHARD_BYTES:
+        row = self.row_bytes()
+        if self.shard_bytes is not None and int(self.shard_bytes) < row:
             raise AugmentError(
                 out,
-                f"--shard-size {self.rows_per_shard()} rows of {h}x{w} would hold "
-                f"{_human_bytes(shard_bytes)} per shard, more than a worker may hold in memory "
-                f"({_human_bytes(MAX_SHARD_BYTES)}); use fewer rows per shard",
+                f"--shard-size {human_bytes(self.shard_bytes)} is less than one row of {h}x{w} "
+                f"({human_bytes(row)})",
             )
+        if self.shard_size is not None or self.shard_bytes is not None:
+            rows = self.rows_per_shard(0)
+            held = rows * row * int(self.copies)  # a task makes one shard per copy
+            if held > MAX_SHARD_BYTES:
+                raise AugmentError(
+                    out,
+                    f"--shard-size {rows} rows of {h}x{w} x {self.copies} copies would hold "
+                    f"{human_bytes(held)} per task, more than a worker may hold in memory "
+                    f"({human_bytes(MAX_SHARD_BYTES)}); use fewer rows per shard",
+                )
 
     def validate_size(self, n_sources: int) -> None:
         """Refuse a job too large to plan (checked once the input's size is known)."""
         rows = n_sources * int(self.copies)
-        shards = math.ceil(rows / self.rows_per_shard())
+        shards = self.num_shards(n_sources) if n_sources else 0
         if rows > MAX_ROWS or shards > MAX_SHARDS:
             raise AugmentError(
                 self.out,
@@ -121,6 +169,7 @@ class AugmentSummary:
         skipped = f", {len(self.skipped)} unreadable files skipped" if self.skipped else ""
         reused = f", {self.reused_shards} reused" if self.reused_shards else ""
         return (
-            f"{self.images} images in {self.shards} shards ({self.bytes / 1e6:.1f} MB){reused}"
+            f"{self.images} {_plural(self.images, 'image')} in {self.shards} "
+            f"{_plural(self.shards, 'shard')} ({human_bytes(self.bytes)}){reused}"
             f" in {self.seconds:.1f} s, {self.rate:.0f} images/s{skipped} -> {self.out}"
         )

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ipmix_cli.augment.config import IPMixConfig
-from ipmix_cli.augment.engine import augment_batch, augment_images
+from ipmix_cli.augment.engine import augment_batch, augment_images, clean_images
 from ipmix_cli.augment.mixing_set import MixingSet
 from ipmix_cli.errors import AugmentError
 from ipmix_cli.jobs.augment_spec import AugmentSpec
@@ -35,13 +35,14 @@ _WORKER_LOADS = threading.Lock()
 
 @dataclass(frozen=True)
 class ShardTask:
-    """One shard's work, a few hundred bytes to pickle: the source and the mixing set travel as
-    files in the job's work folder (a source's file list and labels grow with the data set, ~50
-    MB for ImageNet, too much to ship with each of its ~10^4 shard tasks)."""
+    """The shards of one range of sources, one shard per copy still to make: the task decodes
+    each of its images once and augments every copy of it (rows are copy-major, so the copies
+    of a source lie in as many shards). A few hundred bytes to pickle: the source and the
+    mixing set travel as files in the job's work folder (a source's file list and labels grow
+    with the data set, ~50 MB for ImageNet, too much to ship with each of its tasks)."""
 
-    index: int
-    start: int
-    stop: int
+    shards: tuple[tuple[int, int, int], ...]
+    """``(index, first row, end row)`` of each shard; every one covers the same sources."""
     n_sources: int
     source_file: Path
     mixing_file: Path
@@ -49,6 +50,7 @@ class ShardTask:
     job_hash: str
     parent_pid: int | None = None
     """The pid of the job's process when this task runs in a local worker process."""
+    num_shards: int = 1
 
 
 @lru_cache(maxsize=2)
@@ -71,28 +73,40 @@ def _load_source(path: Path, job_hash: str) -> Source:
         return pickle.load(handle)
 
 
-def _augment_rows(task: ShardTask, source: Source, mixing: MixingSet) -> dict[str, np.ndarray]:
-    spec, config = task.spec, task.spec.config
-    rows = np.arange(task.start, task.stop, dtype=np.int64)
-    copies, sources = copy_and_source(rows, task.n_sources)
+DECODE_BATCH = 64  # sources decoded at a time within a task: bounds the memory of originals
+
+
+def augment_rows(
+    spec: AugmentSpec,
+    rows: np.ndarray,
+    n_sources: int,
+    source: Source,
+    mixing: MixingSet | None,
+    images: np.ndarray | list[np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """The shard arrays of output ``rows`` (any rows: a shard's range, or the sample that the
+    dry run times); ``images``: the rows' source images when already decoded."""
+    config = spec.config
+    copies, sources = copy_and_source(np.asarray(rows, dtype=np.int64), n_sources)
     labels = np.asarray(source.labels, dtype=np.int64)[sources]
-    images = source.read_batch(sources)
-    if config.pre == "imagenet":
-        out = augment_images(list(images), sources, copies, mixing, config, spec.seed)
-    else:
-        if isinstance(images, np.ndarray):
-            shapes = {images.shape[1:]}
-        else:
-            shapes = {tuple(np.shape(image)) for image in images}
-        expected = (*config.size, 3)
-        if shapes != {expected}:  # checked before the job started; a file changed since?
-            bad = next(s for s in shapes if s != expected)
-            raise AugmentError(
-                f"{spec.input}: an image of {bad[0]}x{bad[1]} px reached a worker, but the "
-                f"{config.pre} pre-transform takes {expected[0]}x{expected[1]} images only "
-                "(did a file change during the run?)"
-            )
+    if images is None:
+        images = source.read_batch(sources)
+    expected = (*config.size, 3)
+    uniform = isinstance(images, np.ndarray) and images.shape[1:] == expected
+    if spec.clean:
+        out = clean_images(list(images), config)
+    elif config.pre != "imagenet" and uniform:  # the batch kernel: no per-image Python
         out = augment_batch(np.asarray(images), sources, copies, mixing, config, spec.seed)
+    elif config.pre == "imagenet" or config.resize != "exact":
+        out = augment_images(list(images), sources, copies, mixing, config, spec.seed)
+    else:  # checked before the job started; a file changed since?
+        shapes = {tuple(np.shape(image)) for image in images}
+        bad = next(s for s in shapes if s != expected)
+        raise AugmentError(
+            f"{spec.input}: an image of {bad[0]}x{bad[1]} px reached a worker, but --resize "
+            f"exact takes {expected[0]}x{expected[1]} images only (did a file change during "
+            "the run?)"
+        )
     arrays = {"labels": labels, "source_index": sources, "copy_index": copies}
     if config.jsd:
         arrays.update(clean=out[:, 0], images=out[:, 1], images2=out[:, 2])
@@ -101,27 +115,48 @@ def _augment_rows(task: ShardTask, source: Source, mixing: MixingSet) -> dict[st
     return arrays
 
 
-def compute_shard(task: ShardTask) -> PendingShard:
-    """Worker side: augment one shard's rows and write the shard under a temporary name; the
-    parent commits it (:func:`commit_all`)."""
+def compute_shards(task: ShardTask) -> list[PendingShard]:
+    """Worker side: augment the task's shards and write each under a temporary name; the
+    parent commits them (:func:`commit_all`). Images are decoded ``DECODE_BATCH`` at a time,
+    once for all the copies."""
     die_with_parent(task.parent_pid)
-    config_json = json.dumps(task.spec.config.to_dict(), sort_keys=True)
+    spec = task.spec
+    config_json = json.dumps(spec.config.to_dict(), sort_keys=True)
     with _WORKER_LOADS:  # the threads backend: one load per process, not one per thread
-        mixing = _load_mixing(task.mixing_file, config_json, task.job_hash)
+        mixing = None if spec.clean else _load_mixing(task.mixing_file, config_json, task.job_hash)
         source = _load_source(task.source_file, task.job_hash)
-    arrays = _augment_rows(task, source, mixing)
-    path = shard_dir(task.spec.out) / shard_filename(task.index)
-    return write_shard_pending(
-        path,
-        arrays,
-        attrs={"job": task.job_hash},
-        index=task.index,
-        compression=task.spec.compression,
-    )
+    n = task.n_sources
+    first = task.shards[0][1] % n
+    count = task.shards[0][2] - task.shards[0][1]
+    parts: list[list[dict[str, np.ndarray]]] = [[] for _ in task.shards]
+    for a in range(first, first + count, DECODE_BATCH):
+        sources = np.arange(a, min(a + DECODE_BATCH, first + count), dtype=np.int64)
+        images = source.read_batch(sources)
+        for k, (_, start, _) in enumerate(task.shards):
+            rows = start - first + sources  # the same sources, copy start // n
+            parts[k].append(augment_rows(spec, rows, n, source, mixing, images))
+    pending = []
+    for (index, _, _), chunks in zip(task.shards, parts, strict=True):
+        arrays = {key: np.concatenate([c[key] for c in chunks]) for key in chunks[0]}
+        name = shard_filename(index, task.num_shards)
+        pending.append(
+            write_shard_pending(
+                shard_dir(spec.out) / name,
+                arrays,
+                attrs={"job": task.job_hash},
+                index=index,
+                compression=spec.compression,
+                codec=spec.codec,
+                quality=spec.quality,
+                file_name=name,
+            )
+        )
+        chunks.clear()  # the raw rows of this copy are in the staged file now
+    return pending
 
 
 def commit_all(
-    pending: Iterator[PendingShard], on_progress: Callable[[int], None] | None
+    pending: Iterator[list[PendingShard]], on_progress: Callable[[int], None] | None
 ) -> list[ShardInfo]:
     """Commit each shard a worker hands back (fsync, rename) on a thread of this process, so
     that the workers compute while the disk catches up; return their infos once all are
@@ -134,10 +169,11 @@ def commit_all(
     commits: list[tuple[Future[ShardInfo], PendingShard]] = []
     with ThreadPoolExecutor(1, thread_name_prefix="ipmix-commit") as committer:
         try:
-            for shard in pending:
-                commits.append((committer.submit(shard.commit), shard))
-                if on_progress:
-                    on_progress(shard.info.count)
+            for shards in pending:
+                for shard in shards:
+                    commits.append((committer.submit(shard.commit), shard))
+                    if on_progress:
+                        on_progress(shard.info.count)
             return [future.result() for future, _ in commits]
         except BaseException:
             for future, shard in commits:

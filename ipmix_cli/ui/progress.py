@@ -45,6 +45,11 @@ class LazyBar:
     def __enter__(self) -> LazyBar:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
+        """Close the bar now (the next stage's bar takes its line); idempotent."""
         if self.bar is not None:
             self.bar.close()
+            self.bar = None
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
