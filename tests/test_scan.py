@@ -240,3 +240,21 @@ def test_export_is_resize_and_centre_crop(tmp_path: Path) -> None:
         left = int(round((resized.shape[1] - 24) / 2.0))
         np.testing.assert_array_equal(rows["images"][k], resized[top : top + 24, left : left + 24])
     assert len(paths) == 6
+
+
+@pytest.mark.parametrize("preset", ["cifar", "imagenet"])
+@pytest.mark.parametrize("size", ["24", "40x48"])
+def test_mixed_size_jpegs_work_with_every_preset_and_size(
+    tmp_path: Path, bank_folder: Path, preset: str, size: str
+) -> None:
+    jpeg_folder(tmp_path / "d", count=9)
+    out = tmp_path / "o.h5"
+    code, output = run_cli(
+        *("augment", "--input", tmp_path / "d", "--mixing-set", bank_folder, "--out", out),
+        *("--preset", preset, "--size", size, "--copies", "2", "--jobs", "1", "--quiet"),
+    )
+    assert code == 0, output
+    h, w = (int(v) for v in (size.split("x") * 2)[:2])
+    reader = ShardReader(out)
+    images = reader.read(np.arange(len(reader)))["images"]
+    assert images.shape == (18, h, w, 3) and images.std() > 10  # real pictures, not blanks

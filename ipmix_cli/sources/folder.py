@@ -36,7 +36,7 @@ _CHUNK = 512
 
 
 def _probe_file(root: str, rel: str, full: bool) -> tuple[Any, ...]:
-    """Check one image file: ``((h, w), None, key)`` or ``(None, error, "")``.
+    """Check one image file: ``((h, w), None, key)`` or ``((-1, -1), error, "")``.
 
     ``key`` is what the fingerprint records for the file: its size, modification time, format
     and size (``stat``), or its size and content hash (``full``)."""
@@ -52,13 +52,24 @@ def _probe_file(root: str, rel: str, full: bool) -> tuple[Any, ...]:
             )
         return (header.height, header.width), None, key
     except IpmixError as error:
-        return None, error.problem, ""
+        return (-1, -1), error.problem, ""
     except OSError as error:
-        return None, f"cannot read file ({error.strerror or error})", ""
+        return (-1, -1), f"cannot read file ({error.strerror or error})", ""
 
 
-def _probe_many(root: str, relpaths: list[str], full: bool) -> list[tuple[Any, ...]]:
-    return [_probe_file(root, rel, full) for rel in relpaths]
+def _probe_many(root: str, relpaths: list[str], full: bool) -> tuple[np.ndarray, list, str]:
+    """A chunk's results, compact so the parent does little per file: the (h, w) of each file
+    (-1 where it failed), ``(position, reason)`` of the failures, and the fingerprint lines of
+    the others, joined."""
+    results = [_probe_file(root, rel, full) for rel in relpaths]
+    sizes = np.array([size for size, _, _ in results], dtype=np.int32).reshape(-1, 2)
+    errors = [(i, error) for i, (_, error, _) in enumerate(results) if error is not None]
+    text = "".join(
+        f"{rel}\t{key}\n"
+        for rel, (_, error, key) in zip(relpaths, results, strict=True)
+        if error is None
+    )
+    return sizes, errors, text
 
 
 def _decode_problems(root: str, relpaths: list[str]) -> list[tuple[str, str]]:
@@ -85,7 +96,7 @@ def _in_chunks(
     (the header check is Python, so threads would queue on the GIL)."""
     chunks = [relpaths[i : i + _CHUNK] for i in range(0, len(relpaths), _CHUNK)]
     workers = min(resolve_jobs(n_jobs), len(chunks))
-    results: list[Any] = []
+    results: list[Any] = []  # one entry per chunk
     with _scan_pool(workers if len(relpaths) >= PARALLEL_FROM else 1) as pool:
         parts: Iterable[list[Any]] = (
             (function(root, chunk, *args) for chunk in chunks)
@@ -95,7 +106,7 @@ def _in_chunks(
             else pool.imap(_Call(function, root, args), chunks)
         )
         for chunk, part in zip(chunks, parts, strict=True):
-            results.extend(part)
+            results.append(part)
             if on_progress is not None:
                 on_progress(len(chunk))
     return results
@@ -180,26 +191,25 @@ class FolderSource(Source):
 
         if progress is not None:
             progress.start(len(candidates))
-        results = _in_chunks(
+        relpaths = [rel for rel, _ in candidates]
+        parts = _in_chunks(
             _probe_many,
             str(root),
-            [rel for rel, _ in candidates],
+            relpaths,
             n_jobs,
             None if progress is None else progress.update,
             fingerprint == "full",
         )
-        kept: list[tuple[str, int]] = []
-        kept_sizes: list[tuple[int, int]] = []
-        sizes: set[tuple[int, int]] = set()
-        lines: list[str] = []
-        for (rel, label), (size, error, key) in zip(candidates, results, strict=True):
-            if error is not None:
-                problems.append((rel, error))
-                continue
-            kept.append((rel, label))
-            kept_sizes.append(size)
-            sizes.add(size)
-            lines.append(f"{rel}\t{key}\n")
+        all_sizes = np.concatenate([sizes for sizes, _, _ in parts])
+        offset = 0
+        for sizes, errors, _ in parts:
+            problems.extend((relpaths[offset + i], error) for i, error in errors)
+            offset += len(sizes)
+        ok = all_sizes[:, 0] >= 0
+        kept_sizes = all_sizes[ok]
+        kept_labels = np.array([label for _, label in candidates], dtype=np.int64)[ok]
+        kept_rels = [rel for rel, good in zip(relpaths, ok.tolist(), strict=True) if good]
+        lines = [text for _, _, text in parts]
         problems.sort()  # path order, so "fail" always names the same (first) file
         if problems and on_error == "fail":
             rel, reason = problems[0]
@@ -207,15 +217,16 @@ class FolderSource(Source):
                 reason += f" (and {len(problems) - 1} more; on_error='skip' skips them)"
             raise DecodeError(root / rel, reason)
         self.skipped = [(str(root / rel), reason) for rel, reason in problems]
-        if not kept:
+        if not kept_rels:
             raise SourceError(root, f"no readable images ({len(problems)} files skipped)")
 
         self.class_names = classes
-        self._relpaths = "\0".join(rel for rel, _ in kept)  # one str: cheap to pickle
-        self.labels = np.fromiter((lab for _, lab in kept), dtype=np.int64, count=len(kept))
-        self.image_size = next(iter(sizes)) if len(sizes) == 1 else None
-        self._cache_sizes = np.array(kept_sizes, dtype=np.int32).reshape(-1, 2)
-        self._fingerprint = self._fingerprint_from(lines)
+        self._relpaths = "\0".join(kept_rels)  # one str: cheap to pickle
+        self.labels = kept_labels
+        distinct = np.unique(kept_sizes, axis=0)
+        self.image_size = (int(distinct[0, 0]), int(distinct[0, 1])) if len(distinct) == 1 else None
+        self._cache_sizes = np.ascontiguousarray(kept_sizes, dtype=np.int32)
+        self._fingerprint = self._fingerprint_from(lines, len(kept_rels))
 
     def undecodable(
         self, n_jobs: int = 1, progress: Progress | None = None
@@ -225,7 +236,8 @@ class FolderSource(Source):
         if progress is not None:
             progress.start(len(self))
         on_progress = None if progress is None else progress.update
-        return _in_chunks(_decode_problems, str(self.path), self.relpaths, n_jobs, on_progress)
+        parts = _in_chunks(_decode_problems, str(self.path), self.relpaths, n_jobs, on_progress)
+        return [problem for part in parts for problem in part]
 
     def image_of_other_size(self, size: tuple[int, int]) -> tuple[str, tuple[int, int]] | None:
         sizes = self.__dict__.get("_cache_sizes")
@@ -269,7 +281,7 @@ class FolderSource(Source):
     def read(self, i: int) -> np.ndarray:
         return decode_image(self.file_path(i))
 
-    def _fingerprint_from(self, lines: list[str]) -> dict[str, Any]:
+    def _fingerprint_from(self, lines: list[str], files: int) -> dict[str, Any]:
         digest = hashlib.sha256("".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
         per_file = (
             "<bytes>\\t<file sha256>"
@@ -279,7 +291,7 @@ class FolderSource(Source):
         return {
             "format": self.format,
             "path": str(self.path),
-            "files": len(lines),
+            "files": files,
             "method": f"sha256 over '<relative path>\\t{per_file}\\n' per kept file",
             "sha256": digest,
         }
