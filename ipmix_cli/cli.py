@@ -280,6 +280,43 @@ def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+def input_and_run_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """How the input is read and the job run, shared by ``augment`` and ``export``."""
+    for option in reversed(
+        [
+            click.option(
+                "--input-format",
+                type=click.Choice(["folder", "cifar", "npz", "npy", "hdf5"]),
+                help="Default: detected.",
+            ),
+            click.option(
+                "--labels",
+                "labels_path",
+                type=click.Path(path_type=Path),
+                help="Labels .npy for a .npy input.",
+            ),
+            click.option(
+                "--split", default="train", show_default=True, type=click.Choice(["train", "test"])
+            ),
+            click.option(
+                "--on-error", default="fail", show_default=True, type=click.Choice(["fail", "skip"])
+            ),
+            click.option(
+                "--resume",
+                is_flag=True,
+                help="Finish an interrupted run (only missing/bad shards).",
+            ),
+            click.option("--overwrite", is_flag=True, help="Replace existing output."),
+            click.option(
+                "--dry-run", is_flag=True, help="Check inputs and print the plan; write nothing."
+            ),
+            click.option("--quiet", is_flag=True, help="No progress bar."),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
 @main.command()
 @click.option(
     "--input", "input_path", required=True, type=click.Path(path_type=Path), help="Data set."
@@ -339,20 +376,7 @@ def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
     type=click.IntRange(8, 1 << 15),
     help="Shorter side before the centre crop (default: the output's shorter side).",
 )
-@click.option(
-    "--input-format",
-    type=click.Choice(["folder", "cifar", "npz", "npy", "hdf5"]),
-    help="Default: detected.",
-)
-@click.option(
-    "--labels", "labels_path", type=click.Path(path_type=Path), help="Labels .npy for a .npy input."
-)
-@click.option("--split", default="train", show_default=True, type=click.Choice(["train", "test"]))
-@click.option("--on-error", default="fail", show_default=True, type=click.Choice(["fail", "skip"]))
-@click.option("--resume", is_flag=True, help="Finish an interrupted run (only missing/bad shards).")
-@click.option("--overwrite", is_flag=True, help="Replace existing output.")
-@click.option("--dry-run", is_flag=True, help="Check inputs and print the plan; write nothing.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@input_and_run_options
 @friendly_errors
 def augment(**opts: Any) -> None:
     """Pre-materialise IPMix-augmented copies of a data set into verified HDF5 shards."""
@@ -387,20 +411,7 @@ def augment(**opts: Any) -> None:
     "--jobs", default=-1, show_default=True, type=int, callback=check_jobs, help="-1: all cores."
 )
 @output_options
-@click.option(
-    "--input-format",
-    type=click.Choice(["folder", "cifar", "npz", "npy", "hdf5"]),
-    help="Default: detected.",
-)
-@click.option(
-    "--labels", "labels_path", type=click.Path(path_type=Path), help="Labels .npy for a .npy input."
-)
-@click.option("--split", default="train", show_default=True, type=click.Choice(["train", "test"]))
-@click.option("--on-error", default="fail", show_default=True, type=click.Choice(["fail", "skip"]))
-@click.option("--resume", is_flag=True, help="Finish an interrupted run (only missing/bad shards).")
-@click.option("--overwrite", is_flag=True, help="Replace existing output.")
-@click.option("--dry-run", is_flag=True, help="Check inputs and print the plan; write nothing.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@input_and_run_options
 @friendly_errors
 def export(**opts: Any) -> None:
     """Store a data set unaugmented (shorter-side resize, centre crop, one copy) in the same
