@@ -16,7 +16,7 @@ from ipmix_cli.augment.mixing_set import MixingSet
 from ipmix_cli.commands import RunOptions
 from ipmix_cli.cores import resolve_jobs
 from ipmix_cli.jobs.augment_job import preflight, run_augment
-from ipmix_cli.jobs.augment_spec import AugmentSpec, human_bytes
+from ipmix_cli.jobs.augment_spec import AugmentSpec, human_bytes, plural
 from ipmix_cli.jobs.estimate import estimate_output, free_bytes
 from ipmix_cli.jobs.parallel import backend_session, resolve_backend
 from ipmix_cli.ui.progress import LazyBar
@@ -175,7 +175,7 @@ def _dry_run(spec: AugmentSpec, jobs: int, backend: str, quiet: bool = False) ->
         f"dry run: {len(plan.source)} images ({plan.source.format}, "
         f"{len(plan.source.class_names)} classes) x {spec.copies} "
         f"{'copy' if spec.copies == 1 else 'copies'} = {plan.rows} rows of {h}x{w}x3 in "
-        f"{plan.num_shards} {'shard' if plan.num_shards == 1 else 'shards'}, {recipe}\n"
+        f"{plan.num_shards} {plural(plan.num_shards, 'shard')}, {recipe}\n"
         f"output: {estimate.describe()} on {jobs_text(jobs)}\n"
         f"free:   {human_bytes(free)} at {folder}: {fits}\n"
         "nothing written"
@@ -184,4 +184,4 @@ def _dry_run(spec: AugmentSpec, jobs: int, backend: str, quiet: bool = False) ->
 
 def jobs_text(jobs: int) -> str:
     n = resolve_jobs(jobs)
-    return f"{n} {'worker' if n == 1 else 'workers'}"
+    return f"{n} {plural(n, 'worker')}"

@@ -14,6 +14,15 @@ _ATTEMPTS = 10
 _PAUSE_S = 0.1
 
 
+def nearest_existing(path: Path) -> Path:
+    """``path`` itself, or its nearest parent that exists: where a file not yet written will
+    land (for permission and free-space checks)."""
+    place = Path(path).absolute()
+    while not place.exists():
+        place = place.parent
+    return place
+
+
 def remove_tree(folder: Path, keep: Collection[str] = ()) -> None:
     """Remove ``folder``'s contents except the top-level names in ``keep`` (and ``folder``
     itself when nothing is kept).

@@ -10,6 +10,7 @@ number of resumes.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -180,7 +181,7 @@ def preflight(
     source, pictures = open_inputs(spec, jobs=jobs, progress=progress, exclude=exclude)
     spec.validate_size(len(source))
     config = spec.config
-    if config.pre in ("cifar", "none") and config.resize == "exact" and not spec.clean:
+    if not config.accepts_any_size and not spec.clean:
         other = source.image_of_other_size(config.size)
         if other is not None:
             path, (h, w) = other
@@ -258,18 +259,16 @@ def run_augment(
             warming = _start_warmup(spec.config)
         output = AugmentOutput(spec.out)
         with output.lock():
-            summary = _attempt(
-                plan,
-                output,
-                jobs,
-                overwrite,
-                resume,
-                on_start,
-                on_progress,
-                backend,
-                space_check,
-                scan,
+            run = functools.partial(
+                _run,
+                output=output,
+                jobs=jobs,
+                on_start=on_start,
+                on_progress=on_progress,
+                backend=backend,
+                space_check=space_check,
             )
+            summary = _attempt(plan, output, run, overwrite, resume, jobs, scan)
     finally:
         if warming is not None:
             warming.join()
@@ -280,21 +279,18 @@ def run_augment(
 def _attempt(
     plan: AugmentPlan,
     output: AugmentOutput,
-    jobs: int,
+    run: Callable[..., AugmentSummary],
     overwrite: bool,
     resume: bool,
-    on_start: Callable[[int, int], None] | None,
-    on_progress: Callable[[int], None] | None,
-    backend: str,
-    space_check: bool,
+    jobs: int,
     scan: Progress | None,
 ) -> AugmentSummary:
+    """``run(plan, overwrite=, resume=)`` (:func:`_run` with the rest bound), and what a
+    failure then means for the output and the user (see :func:`run_augment`)."""
     spec = plan.spec
     fresh = overwrite or output.state() in (State.ABSENT, State.STALE)
     try:
-        return _run(
-            plan, output, jobs, overwrite, resume, on_start, on_progress, backend, space_check
-        )
+        return run(plan, overwrite=overwrite, resume=resume)
     except DecodeError as error:
         if spec.on_error != "skip" or not isinstance(plan.source, FolderSource):
             output.discard_attempt()
@@ -317,7 +313,7 @@ def _attempt(
     broken = plan.source.undecodable(jobs, progress=scan)
     plan = preflight(spec, jobs=jobs, progress=scan, exclude=dict(broken))
     try:
-        return _run(plan, output, jobs, True, False, on_start, on_progress, backend, space_check)
+        return run(plan, overwrite=True, resume=False)
     except BaseException:
         output.discard_attempt()
         raise
@@ -325,6 +321,7 @@ def _attempt(
 
 def _run(
     plan: AugmentPlan,
+    *,
     output: AugmentOutput,
     jobs: int,
     overwrite: bool,

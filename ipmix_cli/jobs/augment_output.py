@@ -23,7 +23,7 @@ from typing import Any
 
 from ipmix_cli.errors import AugmentError, OutputError, ShardError
 from ipmix_cli.fs.lock import exclusive_lock
-from ipmix_cli.fs.tree import remove_tree
+from ipmix_cli.fs.tree import nearest_existing, remove_tree
 from ipmix_cli.shards import Manifest, read_manifest, read_shard_info, shard_dir
 from ipmix_cli.shards.layout import LOCK_FILE, shard_files_in
 
@@ -75,9 +75,7 @@ class AugmentOutput:
             raise OutputError(self.entry, "is a folder; --out names the entry file, e.g. data.h5")
         if self.folder.exists() and not self.folder.is_dir():
             raise OutputError(self.folder, "exists and is not a folder; move it away")
-        parent = self.entry.parent
-        while not parent.exists():
-            parent = parent.parent
+        parent = nearest_existing(self.entry.parent)
         if not parent.is_dir():
             raise OutputError(self.entry, f"cannot write here ({parent} is not a folder)")
         probe = self.folder if self.folder.is_dir() else parent

@@ -26,7 +26,8 @@ FINGERPRINTS = ("stat", "full")
 ON_ERROR = ("fail", "skip")
 
 
-def _plural(n: int, word: str) -> str:
+def plural(n: int, word: str) -> str:
+    """``word`` as it goes with ``n``: "1 shard", "2 shards"."""
     return word if n == 1 else word + "s"
 
 
@@ -169,7 +170,7 @@ class AugmentSummary:
         skipped = f", {len(self.skipped)} unreadable files skipped" if self.skipped else ""
         reused = f", {self.reused_shards} reused" if self.reused_shards else ""
         return (
-            f"{self.images} {_plural(self.images, 'image')} in {self.shards} "
-            f"{_plural(self.shards, 'shard')} ({human_bytes(self.bytes)}){reused}"
+            f"{self.images} {plural(self.images, 'image')} in {self.shards} "
+            f"{plural(self.shards, 'shard')} ({human_bytes(self.bytes)}){reused}"
             f" in {self.seconds:.1f} s, {self.rate:.0f} images/s{skipped} -> {self.out}"
         )

@@ -97,7 +97,7 @@ def augment_rows(
         out = clean_images(list(images), config)
     elif config.pre != "imagenet" and uniform:  # the batch kernel: no per-image Python
         out = augment_batch(np.asarray(images), sources, copies, mixing, config, spec.seed)
-    elif config.pre == "imagenet" or config.resize != "exact":
+    elif config.accepts_any_size:
         out = augment_images(list(images), sources, copies, mixing, config, spec.seed)
     else:  # checked before the job started; a file changed since?
         shapes = {tuple(np.shape(image)) for image in images}

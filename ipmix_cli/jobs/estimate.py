@@ -18,15 +18,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from ipmix_cli.augment.mixing_set import MixingSet
 from ipmix_cli.cores import resolve_jobs
 from ipmix_cli.errors import OutputError
 from ipmix_cli.fs.atomic import fsync_path
+from ipmix_cli.fs.tree import nearest_existing
 from ipmix_cli.jobs.augment_spec import AugmentSpec, human_bytes
 from ipmix_cli.jobs.augment_tasks import augment_rows
-from ipmix_cli.shards.codec import encode_images
 from ipmix_cli.shards.layout import IMAGE_DATASETS, INDEX_DATASETS
 from ipmix_cli.shards.write import write_shard_pending
 from ipmix_cli.sources import Source
@@ -91,17 +92,10 @@ def estimate_output(
     warmup = time.perf_counter() - start
     with tempfile.TemporaryDirectory(prefix="ipmix-estimate-") as scratch:
         start = time.perf_counter()
-        arrays = augment_rows(spec, picked, len(source), source, mixing)
-        stored = _stored_bytes(spec, arrays, Path(scratch) / "serial.h5")
+        # The encoded rows alone (payload), and what the sample's shard adds to them
+        # (headers, heap, indices: a lot at 32 px), counted once per shard.
+        stored, payload = _sample_shard(spec, source, mixing, picked, Path(scratch) / "all.h5")
         serial = time.perf_counter() - start
-        # The encoded rows alone, and what the sample's shard adds to them (headers, heap,
-        # indices: a lot at 32 px), counted once per shard.
-        payload = sum(
-            len(blob)
-            for name in IMAGE_DATASETS
-            if name in arrays and spec.codec != "raw"
-            for blob in encode_images(arrays[name], spec.codec, spec.quality)
-        )
         workers = resolve_jobs(jobs)
         speedup = 1 + (workers - 1) * PARALLEL_EFFICIENCY
         if timed and workers > 1 and backend == "threads" and len(picked) >= 2 * workers:
@@ -126,28 +120,30 @@ def estimate_output(
 
 def _sample_shard(
     spec: AugmentSpec, source: Source, mixing: MixingSet | None, rows: np.ndarray, path: Path
-) -> int:
+) -> tuple[int, int]:
     """What a worker does for ``rows``: decode, augment, encode, checksum, build the shard,
-    write and fsync it (in a scratch folder, not at the destination); returns its bytes."""
-    return _stored_bytes(spec, augment_rows(spec, rows, len(source), source, mixing), path)
-
-
-def _stored_bytes(spec: AugmentSpec, arrays: dict[str, np.ndarray], path: Path) -> int:
+    write and fsync it (in a scratch folder, not at the destination). Returns the file's bytes
+    and those of its encoded images alone (0 for raw), read back from the file."""
+    arrays = augment_rows(spec, rows, len(source), source, mixing)
     pending = write_shard_pending(
         path, arrays, index=0, compression=spec.compression, codec=spec.codec, quality=spec.quality
     )
     try:
         fsync_path(pending.tmp)
-        return pending.tmp.stat().st_size
+        payload = 0
+        if spec.codec != "raw":
+            with h5py.File(pending.tmp, "r") as f:
+                payload = sum(
+                    len(blob) for name in IMAGE_DATASETS if name in f for blob in f[name][()]
+                )
+        return pending.tmp.stat().st_size, payload
     finally:
         pending.discard()
 
 
 def free_bytes(path: Path) -> tuple[Path, int]:
     """The free space where ``path`` will be written (its nearest existing folder)."""
-    folder = Path(path).absolute()
-    while not folder.exists():
-        folder = folder.parent
+    folder = nearest_existing(path)
     return folder, int(shutil.disk_usage(folder).free)
 
 

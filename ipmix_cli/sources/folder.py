@@ -14,7 +14,6 @@ by the worker that augments it; one that turns out broken there is handled by th
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import os
 import sys
@@ -98,13 +97,8 @@ def _in_chunks(
     workers = min(resolve_jobs(n_jobs), len(chunks))
     results: list[Any] = []  # one entry per chunk
     with _scan_pool(workers if len(relpaths) >= PARALLEL_FROM else 1) as pool:
-        parts: Iterable[list[Any]] = (
-            (function(root, chunk, *args) for chunk in chunks)
-            if pool is None
-            else pool.imap(functools.partial(function, root), chunks)
-            if not args
-            else pool.imap(_Call(function, root, args), chunks)
-        )
+        call = _Call(function, root, args)
+        parts: Iterable[Any] = map(call, chunks) if pool is None else pool.imap(call, chunks)
         for chunk, part in zip(chunks, parts, strict=True):
             results.append(part)
             if on_progress is not None:
