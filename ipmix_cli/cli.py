@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from ipmix_cli.errors import IpmixError, one_line
+from ipmix_cli.ui.help_text import EPILOGS, QUIET, SHARD_SIZE, preset_default
 
 RUN_OPTIONS = (
     "jobs",
@@ -83,25 +84,61 @@ def backend_options(
     return decorate
 
 
-@click.group()
+def quiet_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--quiet``, the same on every command that prints progress or summaries."""
+    return click.option("--quiet", is_flag=True, help=QUIET)(command)
+
+
+@click.group(epilog=EPILOGS["main"])
 @click.version_option(package_name="ipmix")
 def main() -> None:
     """ipmix: fractal mixing sets and pre-materialised IPMix augmentation."""
 
 
-@main.group()
+@main.group(epilog=EPILOGS["fractals"])
 def fractals() -> None:
     """Make and re-render banks of synthetic fractal images (the IPMix mixing set)."""
 
 
-@fractals.command("generate")
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Bank folder.")
-@click.option("--count", default=1000, show_default=True, type=click.IntRange(min=1))
-@click.option("--size", default=256, show_default=True, type=click.IntRange(16, 4096))
-@click.option("--points", default=100_000, show_default=True, type=click.IntRange(min=100))
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**64 - 1))
+@fractals.command("generate", epilog=EPILOGS["generate"])
 @click.option(
-    "--jobs", default=-1, show_default=True, type=int, callback=check_jobs, help="-1: all cores."
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Bank folder (PNG images in OUT/fractals/, or OUT/fractals.h5, plus a manifest).",
+)
+@click.option(
+    "--count", default=1000, show_default=True, type=click.IntRange(min=1), help="Images."
+)
+@click.option(
+    "--size",
+    default=256,
+    show_default=True,
+    type=click.IntRange(16, 4096),
+    help="Side of each square image, px.",
+)
+@click.option(
+    "--points",
+    default=100_000,
+    show_default=True,
+    type=click.IntRange(min=100),
+    help="Chaos-game points per fractal (more: denser, slower).",
+)
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 2**64 - 1),
+    help="Root seed: image i depends only on (seed, i) and the options.",
+)
+@click.option(
+    "--jobs",
+    default=-1,
+    show_default=True,
+    type=int,
+    callback=check_jobs,
+    help="Workers; -1: all cores. The bytes do not depend on it.",
 )
 @backend_options(
     ("threads", "loky", "dask"),
@@ -110,19 +147,35 @@ def fractals() -> None:
     "loky: local worker processes.",
 )
 @click.option(
-    "--background", default="plasma", show_default=True, type=click.Choice(["plasma", "black"])
+    "--background",
+    default="plasma",
+    show_default=True,
+    type=click.Choice(["plasma", "black"]),
+    help="What the fractal is drawn on: a random diamond-square plasma, or black.",
 )
 @click.option(
-    "--format", "image_format", default="png", show_default=True, type=click.Choice(["png", "h5"])
+    "--format",
+    "image_format",
+    default="png",
+    show_default=True,
+    type=click.Choice(["png", "h5"]),
+    help="png: one file per image (loads as an image folder); h5: one HDF5 file.",
 )
 @click.option(
     "--render",
     default="patch",
     show_default=True,
     type=click.Choice(["patch", "graded"]),
-    help="patch: each point stamps a random 3x3 subset (the reference's look).",
+    help="patch: each point stamps a random 3x3 subset (the reference's look); graded: "
+    "brightness by hit count.",
 )
-@click.option("--fractals-per-image", default=1, show_default=True, type=click.IntRange(1, 8))
+@click.option(
+    "--fractals-per-image",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 8),
+    help="Fractals composited on one background.",
+)
 @click.option(
     "--instances",
     default=1,
@@ -131,19 +184,36 @@ def fractals() -> None:
     help="Images per IFS system (jittered variants).",
 )
 @click.option(
-    "--blur/--no-blur", default=False, show_default=True, help="Random small Gaussian blur."
+    "--blur/--no-blur",
+    default=False,
+    show_default=True,
+    help="Gaussian blur (sigma 0.5-1 px) on half the images.",
 )
 @click.option(
     "--flips/--no-flips", default=True, show_default=True, help="Random flips/transposes."
 )
 @click.option(
-    "--min-fill", default=None, type=click.FloatRange(0.0, 1.0), help="Reject sparser systems."
+    "--min-fill",
+    default=None,
+    type=click.FloatRange(0.0, 1.0),
+    help="Reject and resample systems lighting a smaller fraction of the pixels. [default: 0.05]",
 )
-@click.option("--png-compression", default=1, show_default=True, type=click.IntRange(0, 9))
-@click.option("--preview", type=click.Path(path_type=Path), help="Write a contact sheet PNG here.")
+@click.option(
+    "--png-compression",
+    default=1,
+    show_default=True,
+    type=click.IntRange(0, 9),
+    help="zlib level of the PNG files (0: none, 9: smallest and slowest).",
+)
+@click.option(
+    "--preview",
+    type=click.Path(path_type=Path),
+    help="Also write a contact sheet of the first 64 images here, each captioned with its "
+    "index (.png, or .jpg for a smaller file).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing bank in --out.")
 @click.option("--resume", is_flag=True, help="Finish an interrupted bank in --out.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@quiet_option
 @friendly_errors
 def fractals_generate(preview: Path | None, **opts: Any) -> None:
     """Render a bank of IFS fractals: PNG folder (loads as an image folder) or one HDF5 file."""
@@ -154,36 +224,66 @@ def fractals_generate(preview: Path | None, **opts: Any) -> None:
     generate_fractals(bank_spec(**opts), run, preview)
 
 
-@fractals.command("render")
+@fractals.command("render", epilog=EPILOGS["render"])
 @click.argument("bank", type=click.Path(path_type=Path, exists=True))
-@click.option("--index", "indices", multiple=True, required=True, type=click.IntRange(min=0))
 @click.option(
-    "--size", default=None, type=click.IntRange(16, 8192), help="Default: the bank's size."
+    "--index",
+    "indices",
+    multiple=True,
+    required=True,
+    type=click.IntRange(min=0),
+    help="Image to re-render (repeat for several): the number under it on a bank preview, "
+    "its file name in BANK/fractals/.",
 )
-@click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Output folder.")
-@click.option("--overwrite", is_flag=True)
+@click.option(
+    "--size",
+    default=None,
+    type=click.IntRange(16, 8192),
+    help="Side in px (the same picture, more or less detail). [default: the bank's size]",
+)
+@click.option(
+    "--out",
+    "out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Output folder; image i becomes OUT/0000i.png.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace images already in --out.")
+@quiet_option
 @friendly_errors
 def fractals_render(
-    bank: Path, indices: tuple[int, ...], size: int | None, out: Path, overwrite: bool
+    bank: Path, indices: tuple[int, ...], size: int | None, out: Path, overwrite: bool, quiet: bool
 ) -> None:
     """Re-render images of BANK from its manifest, e.g. at a higher resolution."""
     from ipmix_cli.commands.fractals import render_fractals
 
-    render_fractals(bank, indices, size, out, overwrite)
+    render_fractals(bank, indices, size, out, overwrite, quiet)
 
 
-@main.command()
+@main.command(epilog=EPILOGS["demo"])
 @click.option(
-    "--out", default=Path("ipmix-demo"), show_default=True, type=click.Path(path_type=Path)
+    "--out",
+    default=Path("ipmix-demo"),
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="Folder for the bank, data set, shards and preview sheets.",
 )
-@click.option("--jobs", default=-1, show_default=True, type=int, callback=check_jobs)
+@click.option(
+    "--jobs",
+    default=-1,
+    show_default=True,
+    type=int,
+    callback=check_jobs,
+    help="Workers; -1: all cores.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an earlier demo in --out.")
+@quiet_option
 @friendly_errors
-def demo(out: Path, jobs: int, overwrite: bool) -> None:
+def demo(out: Path, jobs: int, overwrite: bool, quiet: bool) -> None:
     """Run the whole pipeline on built-in data (no download) and say where the results are."""
     from ipmix_cli.commands.demo import run_demo
 
-    run_demo(out, jobs, overwrite)
+    run_demo(out, jobs, overwrite, quiet)
 
 
 def parse_size(
@@ -243,9 +343,9 @@ def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
         [
             click.option(
                 "--shard-size",
+                metavar="ROWS|BYTES",
                 callback=parse_shard_size,
-                help="Per shard: rows (4096) or raw image bytes (256MiB). Default: 16-256 MiB, "
-                "about 64 shards per job.",
+                help=SHARD_SIZE,
             ),
             click.option(
                 "--codec",
@@ -287,19 +387,28 @@ def input_and_run_options(command: Callable[..., Any]) -> Callable[..., Any]:
             click.option(
                 "--input-format",
                 type=click.Choice(["folder", "cifar", "npz", "npy", "hdf5"]),
-                help="Default: detected.",
+                help="How to read --input. [default: detected from what --input holds]",
             ),
             click.option(
                 "--labels",
                 "labels_path",
                 type=click.Path(path_type=Path),
-                help="Labels .npy for a .npy input.",
+                help="Labels .npy for a .npy input. [default: IMAGES_labels.npy beside it]",
             ),
             click.option(
-                "--split", default="train", show_default=True, type=click.Choice(["train", "test"])
+                "--split",
+                default="train",
+                show_default=True,
+                type=click.Choice(["train", "test"]),
+                help="Which part of a CIFAR input to read (other formats hold one split).",
             ),
             click.option(
-                "--on-error", default="fail", show_default=True, type=click.Choice(["fail", "skip"])
+                "--on-error",
+                default="fail",
+                show_default=True,
+                type=click.Choice(["fail", "skip"]),
+                help="An unreadable image in a folder input: fail: stop, naming it; skip: leave "
+                "it out (listed on stderr and in the manifest).",
             ),
             click.option(
                 "--resume",
@@ -310,16 +419,20 @@ def input_and_run_options(command: Callable[..., Any]) -> Callable[..., Any]:
             click.option(
                 "--dry-run", is_flag=True, help="Check inputs and print the plan; write nothing."
             ),
-            click.option("--quiet", is_flag=True, help="No progress bar."),
+            click.option("--quiet", is_flag=True, help=QUIET),
         ]
     ):
         command = option(command)
     return command
 
 
-@main.command()
+@main.command(epilog=EPILOGS["augment"])
 @click.option(
-    "--input", "input_path", required=True, type=click.Path(path_type=Path), help="Data set."
+    "--input",
+    "input_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Data set: image folder (ROOT/CLASS/IMAGE), CIFAR pickles, .npz, .npy or HDF5.",
 )
 @click.option(
     "--mixing-set",
@@ -330,15 +443,47 @@ def input_and_run_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option(
     "--out", required=True, type=click.Path(path_type=Path), help="Entry file, e.g. data.h5."
 )
-@click.option("--copies", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option(
-    "--preset", default="cifar", show_default=True, type=click.Choice(["cifar", "imagenet"])
+    "--copies",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Augmented copies of every input image (epoch e of a reader uses copy e % copies).",
 )
-@click.option("--size", callback=parse_size, help="Output size, 32 or HxW (default: the preset's).")
-@click.option("--jsd", is_flag=True, help="Store the clean image and two views per sample.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**64 - 1))
 @click.option(
-    "--jobs", default=-1, show_default=True, type=int, callback=check_jobs, help="-1: all cores."
+    "--preset",
+    default="cifar",
+    show_default=True,
+    type=click.Choice(["cifar", "imagenet"]),
+    help="The reference recipe for the data set: cifar (32 px, flip + padded crop, patches "
+    "from the mixing picture) or imagenet (224 px, RandomResizedCrop + flip, patches from the "
+    "mixing picture or the image). Each option below overrides one value of it.",
+)
+@click.option(
+    "--size",
+    metavar="PX|HxW",
+    callback=parse_size,
+    help="Output size in px, 32 or HxW (e.g. 32x48). " + preset_default("size"),
+)
+@click.option(
+    "--jsd",
+    is_flag=True,
+    help="Store the clean image and two augmented views per row (for JSD consistency loss).",
+)
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 2**64 - 1),
+    help="Root seed: the output bytes depend only on it, the input and the options.",
+)
+@click.option(
+    "--jobs",
+    default=-1,
+    show_default=True,
+    type=int,
+    callback=check_jobs,
+    help="Workers; -1: all cores. The bytes do not depend on it.",
 )
 @backend_options(
     ("threads", "loky", "dask"),
@@ -354,27 +499,56 @@ def input_and_run_options(command: Callable[..., Any]) -> Callable[..., Any]:
     type=click.Choice(["none", "lzf", "gzip"]),
     help="HDF5 filter for --codec raw.",
 )
-@click.option("--k", type=click.IntRange(1, 64), help="Chains mixed together.")
-@click.option("--t", type=click.IntRange(0, 64), help="Max operations per chain.")
 @click.option(
-    "--beta", type=click.FloatRange(min=0, min_open=True), help="Pixel-mixing weight shape."
+    "--k",
+    type=click.IntRange(1, 64),
+    help="Chains mixed together. " + preset_default("k"),
 )
-@click.option("--severity", type=click.FloatRange(min=0.1), help="Image-op strength.")
-@click.option("--all-ops/--default-ops", default=None, help="Add the 5 ImageNet-C-overlapping ops.")
 @click.option(
-    "--patch-overflow", type=click.Choice(["wrap", "clip"]), help="wrap: the reference's quirk."
+    "--t",
+    type=click.IntRange(0, 64),
+    help="Most operations per chain (each draws 0..t). " + preset_default("t"),
 )
-@click.option("--pre", type=click.Choice(["cifar", "imagenet", "none"]), help="Pre-transform.")
+@click.option(
+    "--beta",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Shape of the pixel-mixing weights (add and multiply rules). " + preset_default("beta"),
+)
+@click.option(
+    "--severity",
+    type=click.FloatRange(min=0.1),
+    help="Image-op strength: each op draws its level from U(0.1, severity). "
+    + preset_default("severity"),
+)
+@click.option(
+    "--all-ops/--default-ops",
+    default=None,
+    help="All 15 image ops, or the default 10 (without the 5 that overlap ImageNet-C). "
+    + preset_default("all_ops"),
+)
+@click.option(
+    "--patch-overflow",
+    type=click.Choice(["wrap", "clip"]),
+    help="Patch-mixed values outside 0-255: wrap (the reference's uint8 cast) or clip. "
+    + preset_default("patch_overflow"),
+)
+@click.option(
+    "--pre",
+    type=click.Choice(["cifar", "imagenet", "none"]),
+    help="Pre-transform: cifar (flip + 4 px padded crop), imagenet (RandomResizedCrop + flip) "
+    "or none. " + preset_default("pre"),
+)
 @click.option(
     "--resize",
     type=click.Choice(["center", "exact"]),
     help="Inputs not of --size (cifar/none pre-transforms): center: shorter side to "
-    "--resize-side, then centre crop (default); exact: refuse them.",
+    "--resize-side, then centre crop; exact: refuse them. " + preset_default("resize"),
 )
 @click.option(
     "--resize-side",
     type=click.IntRange(8, 1 << 15),
-    help="Shorter side before the centre crop (default: the output's shorter side).",
+    help="Shorter side in px before the centre crop. [default: the output's shorter side, "
+    "both presets]",
 )
 @input_and_run_options
 @friendly_errors
@@ -387,9 +561,13 @@ def augment(**opts: Any) -> None:
     augment_dataset(augment_spec(**opts), run)
 
 
-@main.command()
+@main.command(epilog=EPILOGS["export"])
 @click.option(
-    "--input", "input_path", required=True, type=click.Path(path_type=Path), help="Data set."
+    "--input",
+    "input_path",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Data set: image folder (ROOT/CLASS/IMAGE), CIFAR pickles, .npz, .npy or HDF5.",
 )
 @click.option(
     "--out", required=True, type=click.Path(path_type=Path), help="Entry file, e.g. val.h5."
@@ -399,16 +577,28 @@ def augment(**opts: Any) -> None:
     default="imagenet",
     show_default=True,
     type=click.Choice(["cifar", "imagenet"]),
-    help="Default size and resize: imagenet 224 from a 256 shorter side; cifar 32 from 32.",
+    help="Default size and resize: imagenet 224 px from a 256 px shorter side; cifar 32 px "
+    "from 32 px.",
 )
-@click.option("--size", callback=parse_size, help="Output size, 224 or HxW.")
+@click.option(
+    "--size",
+    metavar="PX|HxW",
+    callback=parse_size,
+    help="Output size in px, 224 or HxW (e.g. 224x160). " + preset_default("size"),
+)
 @click.option(
     "--resize-side",
     type=click.IntRange(8, 1 << 15),
-    help="Shorter side before the centre crop (imagenet default: size * 8 / 7, 256 for 224).",
+    help="Shorter side in px before the centre crop. [default: cifar the output's shorter side, "
+    "imagenet size * 8 / 7 (256 for 224)]",
 )
 @click.option(
-    "--jobs", default=-1, show_default=True, type=int, callback=check_jobs, help="-1: all cores."
+    "--jobs",
+    default=-1,
+    show_default=True,
+    type=int,
+    callback=check_jobs,
+    help="Workers; -1: all cores. The bytes do not depend on it.",
 )
 @output_options
 @input_and_run_options
@@ -416,8 +606,6 @@ def augment(**opts: Any) -> None:
 def export(**opts: Any) -> None:
     """Store a data set unaugmented (shorter-side resize, centre crop, one copy) in the same
     format as ``augment``, e.g. the validation set, so one reader serves both.
-
-    Example: ipmix export --input val/ --out val.h5 --codec jpeg
     """
     from ipmix_cli.commands import RunOptions
     from ipmix_cli.commands.augment import augment_dataset, export_spec
@@ -426,7 +614,7 @@ def export(**opts: Any) -> None:
     augment_dataset(export_spec(**opts), run)
 
 
-@main.command("inspect")
+@main.command("inspect", epilog=EPILOGS["inspect"])
 @click.argument("entry", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the full record as JSON.")
 @friendly_errors
@@ -437,28 +625,51 @@ def inspect_command(entry: Path, as_json: bool) -> None:
     inspect_output(entry, as_json)
 
 
-@main.command()
+@main.command(epilog=EPILOGS["verify"])
 @click.argument("entry", type=click.Path(path_type=Path))
 @click.option("--quick", is_flag=True, help="Skip re-hashing the data (structure only).")
 @click.option(
-    "--jobs", default=-1, show_default=True, type=int, callback=check_jobs, help="-1: all cores."
+    "--jobs",
+    default=-1,
+    show_default=True,
+    type=int,
+    callback=check_jobs,
+    help="Worker processes re-hashing shards; -1: all cores.",
 )
+@quiet_option
 @friendly_errors
-def verify(entry: Path, quick: bool, jobs: int) -> None:
+def verify(entry: Path, quick: bool, jobs: int, quiet: bool) -> None:
     """Check every shard: present, checksums, shapes, labels. Exit 1 on any fault."""
     from ipmix_cli.commands.output import verify_output
 
-    verify_output(entry, quick, jobs)
+    verify_output(entry, quick, jobs, quiet)
 
 
-@main.command()
+@main.command(epilog=EPILOGS["preview"])
 @click.argument("target", type=click.Path(path_type=Path, exists=True))
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="PNG to write.")
-@click.option("--count", default=32, show_default=True, type=click.IntRange(1, 1024))
-@click.option("--overwrite", is_flag=True)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Sheet to write: .png, or .jpg for a smaller file.",
+)
+@click.option(
+    "--count",
+    default=32,
+    show_default=True,
+    type=click.IntRange(1, 1024),
+    help="About how many images the sheet shows.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+@quiet_option
 @friendly_errors
-def preview(target: Path, out: Path, count: int, overwrite: bool) -> None:
-    """A labelled contact sheet of an augment output (FILE.h5) or an image folder / bank."""
+def preview(target: Path, out: Path, count: int, overwrite: bool, quiet: bool) -> None:
+    """A labelled contact sheet of an augment output (FILE.h5) or an image folder / bank.
+
+    An output's sheet has one group of cells per source image: its original (the clean view of
+    a --jsd output), then its copies, captioned with the source index, class and copy. A bank's
+    images are captioned with their index, the number fractals render --index takes.
+    """
     from ipmix_cli.commands.output import preview_target
 
-    preview_target(target, out, count, overwrite)
+    preview_target(target, out, count, overwrite, quiet)

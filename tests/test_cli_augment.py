@@ -102,7 +102,6 @@ def test_npz_end_to_end_matches_engine_and_plain_h5py(
         "1",
         "--shard-size",
         "10",
-        "--quiet",
     )
     assert code == 0, output
     assert "48 images in 6 shards" in output  # 3 source ranges x 2 copies
@@ -281,7 +280,8 @@ def test_killed_run_resumes_to_identical_bytes(tmp_path: Path, bank: Path) -> No
     assert not out.exists()
     code, output = run_cli(*args, "--out", out)
     assert code == 1 and "--resume" in output
-    code, output = run_cli(*args, "--out", out, "--resume")
+    loud = [a for a in args if a != "--quiet"]  # --quiet would silence the summary line
+    code, output = run_cli(*loud, "--out", out, "--resume")
     assert code == 0, output
     assert "reused" in output
     reference = tmp_path / "reference" / out.name
@@ -311,7 +311,8 @@ def test_ctrl_c_stops_a_threads_run_and_resume_completes(tmp_path: Path, bank: P
     assert not out.exists()
     for path in shards.glob("shard-*.h5"):
         assert shard_is_valid(path, 200), f"{path.name} is incomplete under its final name"
-    code, output = run_cli(*args, "--out", out, "--resume")
+    loud = [a for a in args if a != "--quiet"]  # --quiet would silence the summary line
+    code, output = run_cli(*loud, "--out", out, "--resume")
     assert code == 0 and "reused" in output, output
     reference = tmp_path / "reference" / out.name
     code, output = run_cli(*args, "--out", reference)
@@ -474,11 +475,10 @@ def test_on_error_skip_lists_skipped_files(tmp_path: Path, bank: Path, arrays) -
             "skip",
             "--jobs",
             "1",
-            "--quiet",
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "broken.png" in result.output and "1 unreadable files skipped" in result.output
+    assert "broken.png" in result.output and "1 unreadable file skipped" in result.output
     with h5py.File(out, "r") as f:
         assert f["images"].shape[0] == N_IMAGES
         manifest = json.loads(f["ipmix/manifest"][()])

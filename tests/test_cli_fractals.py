@@ -205,7 +205,6 @@ def test_killed_process_resumes(tmp_path: Path) -> None:
         "20000",
         "--jobs",
         "1",
-        "--quiet",
         "--resume",
     )
     assert code == 0, output
@@ -363,9 +362,9 @@ def test_out_is_a_file(tmp_path: Path) -> None:
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo"
-    code, output = run_cli("demo", "--out", str(out), "--jobs", "1")
-    assert code == 0, output
-    assert (out / "bank-preview.png").is_file()
+    code, output = run_cli("demo", "--out", str(out), "--jobs", "1", "--quiet")
+    assert code == 0 and output == "", output  # --quiet: no steps, bars or summaries
+    assert (out / "bank-preview.png").is_file() and (out / "augmented-preview.png").is_file()
     assert len(list((out / "bank" / "fractals").glob("*.png"))) == 64
     code, output = run_cli("demo", "--out", str(out))
     assert code == 1 and "--overwrite" in output

@@ -143,7 +143,7 @@ def augment_args(data: Path, bank: Path, out: Path) -> list[str]:
     return [
         "augment",
         *("--input", str(data), "--mixing-set", str(bank), "--out", str(out)),
-        *("--copies", str(COPIES), "--shard-size", str(SHARD), "--seed", "3", "--quiet"),
+        *("--copies", str(COPIES), "--shard-size", str(SHARD), "--seed", "3"),
     ]
 
 

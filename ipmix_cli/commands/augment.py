@@ -16,10 +16,11 @@ from ipmix_cli.augment.mixing_set import MixingSet
 from ipmix_cli.commands import RunOptions
 from ipmix_cli.cores import resolve_jobs
 from ipmix_cli.jobs.augment_job import preflight, run_augment
-from ipmix_cli.jobs.augment_spec import AugmentSpec, human_bytes, plural
+from ipmix_cli.jobs.augment_spec import AugmentSpec
 from ipmix_cli.jobs.estimate import estimate_output, free_bytes
 from ipmix_cli.jobs.parallel import backend_session, resolve_backend
 from ipmix_cli.ui.progress import LazyBar
+from ipmix_cli.ui.words import count, human_bytes
 
 
 def augment_spec(
@@ -140,9 +141,10 @@ def augment_dataset(spec: AugmentSpec, run: RunOptions) -> None:
             scan=scan,
             space_check=not run.no_space_check,
         )
-    for path, reason in summary.skipped:
+    for path, reason in summary.skipped:  # warnings: printed even with --quiet
         click.echo(f"skipped {path}: {reason}", err=True)
-    click.echo(summary.line())
+    if not run.quiet:
+        click.echo(summary.line())
 
 
 def _dry_run(spec: AugmentSpec, jobs: int, backend: str, quiet: bool = False) -> None:
@@ -167,15 +169,14 @@ def _dry_run(spec: AugmentSpec, jobs: int, backend: str, quiet: bool = False) ->
         recipe = f"clean export (resize, centre crop), {spec.codec}"
     else:
         recipe = f"preset {config.preset_name}" if config.preset_name else "customised recipe"
-        recipe += f", mixing set of {len(plan.pictures)} pictures, {spec.codec}"
+        recipe += f", mixing set of {count(len(plan.pictures), 'picture')}, {spec.codec}"
     if spec.codec == "jpeg":
         recipe += f" q{spec.quality}"
     fits = "fits" if estimate.bytes <= free else "DOES NOT FIT (the run would refuse to start)"
     click.echo(
-        f"dry run: {len(plan.source)} images ({plan.source.format}, "
-        f"{len(plan.source.class_names)} classes) x {spec.copies} "
-        f"{'copy' if spec.copies == 1 else 'copies'} = {plan.rows} rows of {h}x{w}x3 in "
-        f"{plan.num_shards} {plural(plan.num_shards, 'shard')}, {recipe}\n"
+        f"dry run: {count(len(plan.source), 'image')} ({plan.source.format}, "
+        f"{count(len(plan.source.class_names), 'class')}) x {count(spec.copies, 'copy')} = "
+        f"{count(plan.rows, 'row')} of {h}x{w}x3 in {count(plan.num_shards, 'shard')}, {recipe}\n"
         f"output: {estimate.describe()} on {jobs_text(jobs)}\n"
         f"free:   {human_bytes(free)} at {folder}: {fits}\n"
         "nothing written"
@@ -183,5 +184,4 @@ def _dry_run(spec: AugmentSpec, jobs: int, backend: str, quiet: bool = False) ->
 
 
 def jobs_text(jobs: int) -> str:
-    n = resolve_jobs(jobs)
-    return f"{n} {plural(n, 'worker')}"
+    return count(resolve_jobs(jobs), "worker")

@@ -21,8 +21,9 @@ from ipmix_cli.commands.output import preview_target, verify_output
 from ipmix_cli.errors import OutputError
 from ipmix_cli.jobs.augment_spec import AugmentSpec
 from ipmix_cli.jobs.bank_job import BankSpec, generate_bank
-from ipmix_cli.ui.contact_sheet import contact_sheet, save_png_atomic
+from ipmix_cli.ui.contact_sheet import save_png_atomic
 from ipmix_cli.ui.progress import progress_bar
+from ipmix_cli.ui.sheets import bank_sheet
 
 
 def _demo_dataset(folder: Path, per_class: int = 20, size: int = 32) -> None:
@@ -51,31 +52,36 @@ def _demo_dataset(folder: Path, per_class: int = 20, size: int = 32) -> None:
             Image.fromarray(image.astype(np.uint8)).save(folder / name / f"{i:03d}.png")
 
 
-def run_demo(out: Path, jobs: int, overwrite: bool) -> None:
-    """``ipmix demo``: bank -> augment -> verify -> preview on a data set made in code."""
+def run_demo(out: Path, jobs: int, overwrite: bool, quiet: bool = False) -> None:
+    """``ipmix demo``: bank -> augment -> verify -> preview on a data set made in code.
+    ``quiet``: no steps, bars or summaries; errors still end the run with one line."""
     kernel_caches.refresh()
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise OutputError(out, "folder is not empty; pass --overwrite to replace the demo")
     out.mkdir(parents=True, exist_ok=True)
     bank, dataset, entry = out / "bank", out / "dataset", out / "augmented.h5"
-    click.echo(
+    bank_preview, augmented_preview = out / "bank-preview.png", out / "augmented-preview.png"
+
+    def say(text: str) -> None:
+        if not quiet:
+            click.echo(text)
+
+    say(
         "(the very first run compiles the numba kernels, about a minute on 2 cores; they are "
         "cached for every later run)"
     )
-    click.echo(f"[1/4] rendering a 64-image fractal bank into {bank}")
+    say(f"[1/4] rendering a 64-image fractal bank into {bank}")
     spec = BankSpec(
         out=bank, count=64, seed=0, options=dataclasses.replace(FractalOptions(), size=128)
     )
-    with progress_bar(spec.count, "fractals") as bar:
+    with progress_bar(spec.count, "fractals", enabled=not quiet) as bar:
         generate_bank(spec, jobs=jobs, overwrite=True, on_progress=bar.update)
-    save_png_atomic(
-        contact_sheet(read_bank_images(bank), columns=8, cell=128), out / "bank-preview.png"
-    )
-    click.echo(f"[2/4] writing a 200-image, 10-class demo data set into {dataset}")
+    save_png_atomic(bank_sheet(read_bank_images(bank), cell=128), bank_preview)
+    say(f"[2/4] writing a 200-image, 10-class demo data set into {dataset}")
     if dataset.exists():
         shutil.rmtree(dataset)
     _demo_dataset(dataset)
-    click.echo(f"[3/4] IPMix (CIFAR preset, JSD, 2 copies) into {entry}")
+    say(f"[3/4] IPMix (CIFAR preset, JSD, 2 copies) into {entry}")
     augment = AugmentSpec(
         input=dataset,
         mixing_set=bank,
@@ -84,12 +90,12 @@ def run_demo(out: Path, jobs: int, overwrite: bool) -> None:
         copies=2,
         shard_size=128,
     )
-    augment_dataset(augment, RunOptions(jobs=jobs, overwrite=True))
-    click.echo(f"[4/4] verifying and previewing {entry}")
-    verify_output(entry, quick=False)
-    preview_target(entry, out / "augmented-preview.png", 32, overwrite=True)
-    click.echo(
-        f"done. Bank: {bank} (sheet {out / 'bank-preview.png'}); shards: {entry} "
-        f"(sheet {out / 'augmented-preview.png'}). Read them with h5py: "
+    augment_dataset(augment, RunOptions(jobs=jobs, overwrite=True, quiet=quiet))
+    say(f"[4/4] verifying and previewing {entry}")
+    verify_output(entry, quick=False, quiet=quiet)
+    preview_target(entry, augmented_preview, 32, overwrite=True, quiet=quiet)
+    say(
+        f"done. Bank: {bank} (sheet {bank_preview}); shards: {entry} "
+        f"(sheet {augmented_preview}). Read them with h5py: "
         f"h5py.File('{entry}')['images']"
     )

@@ -15,8 +15,10 @@ from ipmix_cli.commands import RunOptions
 from ipmix_cli.errors import BankError, OutputError
 from ipmix_cli.jobs.bank_job import BankSpec, generate_bank
 from ipmix_cli.jobs.parallel import backend_session, resolve_backend
-from ipmix_cli.ui.contact_sheet import contact_sheet, save_png_atomic
+from ipmix_cli.ui.contact_sheet import save_png_atomic
 from ipmix_cli.ui.progress import LazyBar
+from ipmix_cli.ui.sheets import bank_sheet
+from ipmix_cli.ui.summaries import bank_line
 
 PREVIEW_IMAGES = 64
 
@@ -88,19 +90,21 @@ def generate_fractals(spec: BankSpec, run: RunOptions, preview: Path | None = No
     size = spec.options.size
     if preview is not None:
         images = read_bank_images(spec.out, limit=PREVIEW_IMAGES)
-        save_png_atomic(contact_sheet(images, columns=8, cell=min(size, 128)), preview)
-    reused = f", {summary.reused} reused from the interrupted run" if summary.reused else ""
-    click.echo(
-        f"{summary.images} fractals ({size}x{size}, {spec.image_format}) in {spec.out}: "
-        f"{summary.rendered} rendered in {summary.seconds:.1f} s "
-        f"({summary.rate:.0f} images/s){reused}" + (f"; preview {preview}" if preview else "")
-    )
+        save_png_atomic(bank_sheet(images, cell=min(size, 128)), preview)
+    if not run.quiet:
+        click.echo(bank_line(summary, size, spec.image_format, preview))
 
 
 def render_fractals(
-    bank: Path, indices: tuple[int, ...], size: int | None, out: Path, overwrite: bool
+    bank: Path,
+    indices: tuple[int, ...],
+    size: int | None,
+    out: Path,
+    overwrite: bool,
+    quiet: bool = False,
 ) -> None:
-    """``ipmix fractals render``: re-render chosen images from the bank's manifest."""
+    """``ipmix fractals render``: re-render chosen images from the bank's manifest, printing
+    each file written (nothing with ``quiet``)."""
     kernel_caches.refresh()
     manifest = load_manifest(bank)
     records = manifest["records"]
@@ -114,4 +118,5 @@ def render_fractals(
             raise OutputError(target, "exists; pass --overwrite to replace it")
         image = render_record(records[index], size=size)
         save_png_atomic(Image.fromarray(np.ascontiguousarray(image)), target)
-        click.echo(str(target))
+        if not quiet:
+            click.echo(str(target))

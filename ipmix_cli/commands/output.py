@@ -8,11 +8,16 @@ from pathlib import Path
 import click
 import numpy as np
 
+from ipmix_cli.bank.format import MANIFEST, read_bank_images
 from ipmix_cli.errors import OutputError, ShardError
-from ipmix_cli.jobs.augment_spec import human_bytes
 from ipmix_cli.shards import check_output, inspect, verify
 from ipmix_cli.sources import open_mixing_set
+from ipmix_cli.ui.captions import augment_captions
 from ipmix_cli.ui.contact_sheet import contact_sheet, save_png_atomic
+from ipmix_cli.ui.sheets import bank_sheet, plan_augment_sheet
+from ipmix_cli.ui.summaries import verify_line
+from ipmix_cli.ui.words import count as count_of
+from ipmix_cli.ui.words import human_bytes
 
 
 def inspect_output(entry: Path, as_json: bool) -> None:
@@ -38,25 +43,27 @@ def inspect_output(entry: Path, as_json: bool) -> None:
                 f"source:    {source.get('path', '?')} ({source.get('format', '?')})",
                 f"seed:      {info.get('seed')}",
                 f"config:    {json.dumps(config, sort_keys=True)}",
-                f"skipped:   {len(info.get('skipped') or [])} files",
+                f"skipped:   {count_of(len(info.get('skipped') or []), 'file')}",
             ]
         )
     )
 
 
-def verify_output(entry: Path, quick: bool, jobs: int = -1) -> None:
-    """``ipmix verify``: one line per fault and a non-zero exit if there is any."""
+def verify_output(entry: Path, quick: bool, jobs: int = -1, quiet: bool = False) -> None:
+    """``ipmix verify``: one line per fault and a non-zero exit if there is any. ``quiet``
+    drops the "ok" line and the fault list; the error line still names the first fault."""
     report = verify(entry, deep=not quick, jobs=jobs)
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
-    for fault in report.faults:
-        click.echo(f"FAULT {fault}")
+    if not quiet:
+        for fault in report.faults:
+            click.echo(f"FAULT {fault}")
     if not report.ok:
-        raise ShardError(entry, f"{len(report.faults)} fault(s) found")
-    click.echo(
-        f"ok: {report.count} images in {report.num_shards} shards, "
-        f"{report.shards_checked} checked" + (" (structure only)" if quick else " (checksums)")
-    )
+        n = len(report.faults)
+        first = f"; first: {report.faults[0]}" if quiet and report.faults else ""
+        raise ShardError(entry, f"{count_of(n, 'fault')} found{first}")
+    if not quiet:
+        click.echo(verify_line(report.count, report.num_shards, report.shards_checked, quick))
 
 
 def _stored(info: dict) -> str:
@@ -64,42 +71,55 @@ def _stored(info: dict) -> str:
     return f"jpeg q{info.get('quality')}" if codec == "jpeg" else codec
 
 
-def _sample_rows(target: Path, count: int) -> tuple[list[np.ndarray], list[str]]:
-    """About ``count`` pictures from rows spread evenly over the output (so several classes and
-    copies show); in JSD mode each row contributes its clean image and both views side by side.
-    Read through ``ShardReader``, which decodes JPEG and PNG rows as it does raw ones."""
+def _augment_sheet(target: Path, count: int) -> tuple[list[np.ndarray], list[str], int, int]:
+    """The pictures and captions of an augment output's sheet, its columns and its group size
+    (see :func:`~ipmix_cli.ui.sheets.plan_augment_sheet`). Captions come from the rows'
+    stored ``source_index`` and ``copy_index``, not from the plan, so they say what the file
+    holds. Read through ``ShardReader``, which decodes JPEG and PNG rows as it does raw ones."""
     from ipmix_cli.readers import ShardReader
 
-    jsd = ShardReader(target).mode == "jsd"
+    with ShardReader(target) as probe:
+        jsd, num_sources, copies = probe.mode == "jsd", probe.num_sources, probe.copies
+    plan = plan_augment_sheet(num_sources, copies, count, jsd)
     views = ("clean", "images", "images2") if jsd else ("images",)
-    with ShardReader(target, views=views) as reader:
+    with ShardReader(target, views=views, extras=("source_index", "copy_index")) as reader:
         names = reader.class_names
-        wanted = max(1, count // 3) if jsd else count
-        rows = np.unique(np.linspace(0, len(reader) - 1, min(wanted, len(reader))).astype(int))
-        batch = reader.read(rows)
+        batch = reader.read(plan.rows(num_sources))
+    per_source = len(plan.copies)
     pictures: list[np.ndarray] = []
     captions: list[str] = []
-    for k, label in enumerate(batch["labels"].tolist()):
+    for first in range(0, len(batch["labels"]), per_source):
+        block = range(first, first + per_source)
+        label = int(batch["labels"][first])
         name = names[label] if label < len(names) else str(label)
+        copy_numbers = [int(batch["copy_index"][k]) for k in block]
+        captions += augment_captions(int(batch["source_index"][first]), name, copy_numbers, jsd)
         if jsd:
-            pictures += [batch[d][k] for d in views]
-            captions += [f"{name} clean", "view 1", "view 2"]
+            pictures.append(batch["clean"][first])
+            for k in block:
+                pictures += [batch["images"][k], batch["images2"][k]]
         else:
-            pictures.append(batch["images"][k])
-            captions.append(name)
-    return pictures, captions
+            pictures += [batch["images"][k] for k in block]
+    return pictures, captions, plan.columns, plan.group
 
 
-def preview_target(target: Path, out: Path, count: int, overwrite: bool) -> None:
-    """``ipmix preview``: contact sheet of an augment output or of an image folder."""
+def preview_target(
+    target: Path, out: Path, count: int, overwrite: bool, quiet: bool = False
+) -> None:
+    """``ipmix preview``: contact sheet of an augment output (grouped by source, captioned with
+    source, class and copy) or of an image folder or bank (captioned with each index)."""
     if out.exists() and not overwrite:
         raise OutputError(out, "exists; pass --overwrite to replace it")
     if target.is_dir():
-        pictures = open_mixing_set(target, limit=count)
-        captions = None
+        if (target / MANIFEST).is_file():  # a bank: its own order, the indices render takes
+            pictures = read_bank_images(target, limit=count)
+        else:
+            pictures = open_mixing_set(target, limit=count)
+        sheet = bank_sheet(pictures, cell=128)
     else:
         check_output(target)  # one-line errors for a missing or broken output
-        pictures, captions = _sample_rows(target, count)
-    columns = 9 if captions and captions[0].endswith("clean") else 8
-    save_png_atomic(contact_sheet(pictures, captions=captions, columns=columns, cell=128), out)
-    click.echo(f"{len(pictures)} images -> {out}")
+        pictures, captions, columns, group = _augment_sheet(target, count)
+        sheet = contact_sheet(pictures, captions=captions, columns=columns, cell=128, group=group)
+    save_png_atomic(sheet, out)
+    if not quiet:
+        click.echo(f"{count_of(len(pictures), 'image')} -> {out}")

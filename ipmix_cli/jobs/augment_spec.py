@@ -8,6 +8,9 @@ from pathlib import Path
 
 from ipmix_cli.augment.config import IPMixConfig
 from ipmix_cli.errors import AugmentError
+from ipmix_cli.ui.words import count, human_bytes, plural
+
+__all__ = ["AugmentSpec", "AugmentSummary", "human_bytes", "plural"]
 
 SHARD_MIN_BYTES = 16 << 20  # the default shard target: at least this ...
 SHARD_MAX_BYTES = 256 << 20  # ... at most this, ...
@@ -24,20 +27,6 @@ COMPRESSIONS = ("none", "lzf", "gzip")
 CODECS = ("raw", "jpeg", "png")
 FINGERPRINTS = ("stat", "full")
 ON_ERROR = ("fail", "skip")
-
-
-def plural(n: int, word: str) -> str:
-    """``word`` as it goes with ``n``: "1 shard", "2 shards"."""
-    return word if n == 1 else word + "s"
-
-
-def human_bytes(n: float) -> str:
-    """``n`` bytes in decimal units, as a person reads them (``1.2 GB``, ``3.4 TB``)."""
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"  # pragma: no cover
 
 
 @dataclass(frozen=True)
@@ -131,7 +120,8 @@ class AugmentSpec:
             if held > MAX_SHARD_BYTES:
                 raise AugmentError(
                     out,
-                    f"--shard-size {rows} rows of {h}x{w} x {self.copies} copies would hold "
+                    f"--shard-size {count(rows, 'row')} of {h}x{w} x "
+                    f"{count(self.copies, 'copy')} would hold "
                     f"{human_bytes(held)} per task, more than a worker may hold in memory "
                     f"({human_bytes(MAX_SHARD_BYTES)}); use fewer rows per shard",
                 )
@@ -143,9 +133,9 @@ class AugmentSpec:
         if rows > MAX_ROWS or shards > MAX_SHARDS:
             raise AugmentError(
                 self.out,
-                f"{n_sources} images x {self.copies} copies = {rows} rows in {shards} shards is "
-                f"more than ipmix plans ({MAX_ROWS} rows, {MAX_SHARDS} shards); use fewer "
-                "copies or larger shards",
+                f"{count(n_sources, 'image')} x {count(self.copies, 'copy')} = "
+                f"{count(rows, 'row')} in {count(shards, 'shard')} is more than ipmix plans "
+                f"({MAX_ROWS} rows, {MAX_SHARDS} shards); use fewer copies or larger shards",
             )
 
 
@@ -167,10 +157,8 @@ class AugmentSummary:
         return computed / self.seconds if self.seconds > 0 else 0.0
 
     def line(self) -> str:
-        skipped = f", {len(self.skipped)} unreadable files skipped" if self.skipped else ""
-        reused = f", {self.reused_shards} reused" if self.reused_shards else ""
-        return (
-            f"{self.images} {plural(self.images, 'image')} in {self.shards} "
-            f"{plural(self.shards, 'shard')} ({human_bytes(self.bytes)}){reused}"
-            f" in {self.seconds:.1f} s, {self.rate:.0f} images/s{skipped} -> {self.out}"
-        )
+        """The one-line summary ``ipmix augment`` prints (worded in :mod:`ipmix_cli.ui.summaries`,
+        with every other summary line)."""
+        from ipmix_cli.ui.summaries import augment_line
+
+        return augment_line(self)

@@ -10,6 +10,20 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ipmix_cli.fs.atomic import atomic_path
+from ipmix_cli.ui.captions import PADDING, caption_font, fit
+
+BACKGROUND = (32, 32, 32)
+TEXT = (230, 230, 230)
+
+
+def caption_lines(captions: Sequence[str] | None) -> int:
+    """Lines the tallest caption needs (captions are ``\\n``-separated lines)."""
+    return max((c.count("\n") + 1 for c in captions), default=0) if captions else 0
+
+
+def fitted_lines(caption: str, cell: int) -> list[str]:
+    """``caption``'s lines, each shortened to fit a ``cell``-pixel cell with its padding."""
+    return [fit(line, cell - 2 * PADDING) for line in caption.split("\n")]
 
 
 def contact_sheet(
@@ -18,21 +32,31 @@ def contact_sheet(
     columns: int = 8,
     cell: int = 128,
     gap: int = 4,
+    group: int = 0,
 ) -> Image.Image:
     """Lay ``images`` (uint8 HWC RGB, any sizes) out on a grid of ``cell``-pixel squares.
 
     Images are scaled to fit their cell keeping aspect ratio; small images (CIFAR) are enlarged
-    with nearest-neighbour so single pixels stay visible. Captions go under each cell.
+    with nearest-neighbour so single pixels stay visible. Captions (one or more ``\\n``-separated
+    lines) go under each cell, each line cut to the cell's width. ``group``: every ``group``
+    columns a wider gap, so groups of cells (one source's copies) read as units.
     """
     if len(images) == 0:
         raise ValueError("contact_sheet needs at least one image")
     columns = max(1, min(columns, len(images)))
     rows = math.ceil(len(images) / columns)
-    caption_height = 14 if captions else 0
+    font = caption_font()
+    line_height = int(font.size) + 3 if hasattr(font, "size") else 12
+    caption_height = caption_lines(captions) * line_height
+
+    def left(column: int) -> int:
+        extra = column // group * 3 * gap if group > 1 else 0
+        return gap + column * (cell + gap) + extra
+
     sheet = Image.new(
         "RGB",
-        (columns * (cell + gap) + gap, rows * (cell + caption_height + gap) + gap),
-        (32, 32, 32),
+        (left(columns - 1) + cell + gap, rows * (cell + caption_height + gap) + gap),
+        BACKGROUND,
     )
     draw = ImageDraw.Draw(sheet)
     for position, array in enumerate(images):
@@ -42,20 +66,26 @@ def contact_sheet(
         resample = Image.Resampling.NEAREST if scale >= 2 else Image.Resampling.BILINEAR
         tile = tile.resize(size, resample)
         row, column = divmod(position, columns)
-        x = gap + column * (cell + gap) + (cell - tile.width) // 2
-        y = gap + row * (cell + caption_height + gap) + (cell - tile.height) // 2
-        sheet.paste(tile, (x, y))
+        top = gap + row * (cell + caption_height + gap)
+        sheet.paste(
+            tile, (left(column) + (cell - tile.width) // 2, top + (cell - tile.height) // 2)
+        )
         if captions:
-            text_y = gap + row * (cell + caption_height + gap) + cell + 1
-            draw.text(
-                (gap + column * (cell + gap) + 2, text_y),
-                captions[position][:24],
-                fill=(230, 230, 230),
-            )
+            for k, line in enumerate(fitted_lines(captions[position], cell)):
+                xy = (left(column) + PADDING, top + cell + 1 + k * line_height)
+                draw.text(xy, line, fill=TEXT, font=font)
     return sheet
 
 
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+
+
 def save_png_atomic(image: Image.Image, path: Path) -> None:
-    """Save ``image`` as PNG at ``path``: complete or not at all."""
+    """Save ``image`` at ``path``, complete or not at all: PNG, or JPEG (quality 90) when the
+    name ends in .jpg / .jpeg (a photo-like bank sheet is a tenth of the size)."""
+    jpeg = Path(path).suffix.lower() in JPEG_SUFFIXES
     with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
+        if jpeg:
+            image.convert("RGB").save(tmp, format="JPEG", quality=90)
+        else:
+            image.save(tmp, format="PNG")

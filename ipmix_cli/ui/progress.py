@@ -7,14 +7,17 @@ import sys
 from tqdm import tqdm
 
 
-def progress_bar(total: int, description: str, unit: str = "img", enabled: bool = True) -> tqdm:
+def progress_bar(
+    total: int, description: str, unit: str = "img", enabled: bool = True, initial: int = 0
+) -> tqdm:
     """A tqdm bar on stderr that shows count, rate and ETA.
 
-    ``initial`` progress (resumed work) is added by the caller with ``update`` so the rate only
-    reflects work done in this run.
+    ``initial``: work already done (reused by a resume); it fills the bar but is not counted
+    in the rate, which so only reflects work done in this run.
     """
     return tqdm(
         total=total,
+        initial=initial,
         desc=description,
         unit=unit,
         unit_scale=False,
@@ -35,8 +38,7 @@ class LazyBar:
         self.bar: tqdm | None = None
 
     def start(self, total: int, done: int = 0) -> None:
-        self.bar = progress_bar(total, self.description, self.unit, self.enabled)
-        self.bar.update(done)
+        self.bar = progress_bar(total, self.description, self.unit, self.enabled, initial=done)
 
     def update(self, n: int) -> None:
         if self.bar is not None:
