@@ -104,7 +104,7 @@ def test_fast_loader_two_workers_and_set_epoch(outputs) -> None:
 
 
 def test_single_items_and_batches_as_tensors(outputs) -> None:
-    ds = ShardDataset(outputs["standard"], extras=("source_index",))
+    ds = ShardDataset(outputs["standard"], extras=("source_index",), epoch_mode="all")
     ref = plain_arrays(outputs["standard"])
     image, label, source = ds[25]
     assert image.shape == (32, 32, 3) and int(label) == ref["labels"][25] and int(source) == 5
@@ -132,9 +132,9 @@ def test_ranks_disjoint_and_covering(outputs) -> None:
 
 
 def test_distributed_sampler_over_the_dataset_and_with_copy_sampler(outputs) -> None:
-    ds = ShardDataset(outputs["standard"], extras=("row",))
+    ds = ShardDataset(outputs["standard"], extras=("row",), epoch_mode="all")
     ref = plain_arrays(outputs["standard"])
-    # plain DistributedSampler over every row: works, each epoch covers every copy
+    # plain DistributedSampler over every row (epoch_mode="all"): each epoch covers every copy
     rows = []
     for rank in range(2):
         sampler = DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=True, seed=1)

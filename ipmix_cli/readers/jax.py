@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ipmix_cli.readers.numpy_reader import ShardReader
-from ipmix_cli.readers.plan import EpochPlan, Even, batch_slices
+from ipmix_cli.readers.plan import EpochPlan, Even, batch_slices, start_batch_of
 from ipmix_cli.readers.readahead import prefetch
 
 __all__ = ["GrainSource", "batches", "grain_dataset"]
@@ -77,6 +77,7 @@ def batches(
     batch_size: int,
     epoch: int = 0,
     *,
+    start_batch: int = 0,
     rank: int | None = None,
     world_size: int | None = None,
     drop_last: bool = True,
@@ -90,7 +91,10 @@ def batches(
     ``images`` is (B, H, W, 3) ``uint8`` numpy by default (or ``(clean, images, images2)`` for
     a ``--jsd`` output). ``options`` are the epoch plan's (``shuffle``, ``seed``,
     ``epoch_mode``; see :class:`~ipmix_cli.readers.plan.EpochPlan`) and, with a path, the
-    reader's. ``prefetch_batches`` batches are read ahead in a thread (0: none).
+    reader's. ``start_batch`` resumes a preempted epoch: the iterator begins with batch
+    ``start_batch`` of epoch ``epoch`` (the number of batches consumed before), exactly as an
+    uninterrupted run would have gone on. ``prefetch_batches`` batches are read ahead in a
+    thread (0: none).
     ``device_put``: ``None`` yields numpy, ``True`` calls ``jax.device_put`` on each batch, a
     ``Sharding`` builds global arrays with ``jax.make_array_from_process_local_data`` (the
     batch is this process's share).
@@ -101,8 +105,11 @@ def batches(
     plan = reader.plan(rank=rank, world_size=world_size, even=even, **plan_options)
     place = _placer(device_put)
 
+    parts = plan.batch_rows(epoch, batch_size, drop_last)
+    parts = parts[start_batch_of(start_batch, len(parts)) :]
+
     def read_all() -> Iterator[tuple[Any, ...]]:
-        for rows in plan.batch_rows(epoch, batch_size, drop_last):
+        for rows in parts:
             yield reader.read_batch(rows)
 
     for batch in prefetch(read_all(), prefetch_batches):
@@ -144,6 +151,7 @@ def grain_dataset(
     *,
     epoch: int = 0,
     epochs: int = 1,
+    start_batch: int = 0,
     rank: int | None = None,
     world_size: int | None = None,
     drop_last: bool = True,
@@ -153,7 +161,9 @@ def grain_dataset(
     """A ``grain.MapDataset`` whose item ``i`` is batch ``i`` of epochs ``epoch ..
     epoch + epochs - 1`` (same plan and options as :func:`batches`).
 
-    Random access by step number makes it checkpointable and resumable the grain way; call
+    ``start_batch`` drops the first batches of epoch ``epoch`` (a resume; grain's own
+    checkpointing of ``to_iter_dataset`` iterators works too). Random access by step number
+    makes it checkpointable and resumable the grain way; call
     ``.to_iter_dataset(grain.ReadOptions(num_threads=..., prefetch_buffer_size=...))`` for
     threaded read-ahead. Items are ``(images, labels, *extras)`` tuples of numpy arrays.
     """
@@ -165,7 +175,8 @@ def grain_dataset(
     plan = reader.plan(rank=rank, world_size=world_size, even=even, **plan_options)
     slices = batch_slices(plan.rows_per_epoch(), batch_size, drop_last)
     steps = len(slices) * int(epochs)
-    return grain.MapDataset.range(steps).map(_ReadStep(reader, plan, epoch, slices))
+    first = start_batch_of(start_batch, len(slices))
+    return grain.MapDataset.range(first, steps).map(_ReadStep(reader, plan, epoch, slices))
 
 
 class _ReadStep:

@@ -38,7 +38,7 @@ import h5py
 import numpy as np
 
 from ipmix_cli.errors import ShardError
-from ipmix_cli.readers.plan import EpochPlan, batch_slices
+from ipmix_cli.readers.plan import EpochPlan, batch_slices, start_batch_of
 from ipmix_cli.readers.shard_io import FEW_ROWS, OpenShard, ShardMeta
 from ipmix_cli.shards import Manifest, check_output
 from ipmix_cli.shards.codec import BlobDecodeError, decode_into, default_decode_threads
@@ -437,14 +437,22 @@ class ShardReader:
         return self.plan(**options).rows(epoch).copy()
 
     def batches(
-        self, batch_size: int, epoch: int = 0, *, drop_last: bool = False, **options: Any
+        self,
+        batch_size: int,
+        epoch: int = 0,
+        *,
+        start_batch: int = 0,
+        drop_last: bool = False,
+        **options: Any,
     ) -> Iterator[tuple[Any, ...]]:
         """Batches ``(images, labels, *extras)`` of one epoch (see :meth:`plan` for the
         options).
 
+        ``start_batch`` resumes a preempted epoch at that batch (the number consumed before).
         Each batch is read with one grouped read per shard; wrap the iterator in
         :func:`~ipmix_cli.readers.readahead.prefetch` to overlap reading with training.
         """
         rows = self.plan(**options).rows(epoch)
-        for part in batch_slices(len(rows), batch_size, drop_last):
+        parts = batch_slices(len(rows), batch_size, drop_last)
+        for part in parts[start_batch_of(start_batch, len(parts)) :]:
             yield self.read_batch(rows[part])

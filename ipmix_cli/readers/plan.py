@@ -24,7 +24,15 @@ import numpy as np
 
 from ipmix_cli.shards.layout import row_of
 
-__all__ = ["EpochMode", "EpochPlan", "Even", "batch_slices", "epoch_rows", "even_for"]
+__all__ = [
+    "EpochMode",
+    "EpochPlan",
+    "Even",
+    "batch_slices",
+    "epoch_rows",
+    "even_for",
+    "start_batch_of",
+]
 
 EpochMode = Literal["copy", "all"]
 Even = Literal["pad", "drop"] | None
@@ -172,3 +180,13 @@ def batch_slices(n: int, batch_size: int, drop_last: bool = False) -> list[slice
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     stop = n - n % batch_size if drop_last else n
     return [slice(i, min(i + batch_size, stop)) for i in range(0, stop, batch_size)]
+
+
+def start_batch_of(start_batch: int, batches: int) -> int:
+    """``start_batch`` checked against an epoch of ``batches`` batches: resuming past the end
+    of an epoch is a mistake in the caller's bookkeeping, not an empty epoch."""
+    if isinstance(start_batch, bool) or not 0 <= int(start_batch) <= batches:
+        raise ValueError(
+            f"start_batch must be in 0..{batches} (batches per epoch), got {start_batch!r}"
+        )
+    return int(start_batch)

@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 
 from ipmix_cli.readers.numpy_reader import ShardReader
-from ipmix_cli.readers.plan import EpochPlan, batch_slices
+from ipmix_cli.readers.plan import EpochPlan, batch_slices, start_batch_of
 
 __all__ = ["dataset", "element_spec"]
 
@@ -62,6 +62,7 @@ def dataset(
     *,
     epoch: int = 0,
     epochs: int | None = 1,
+    start_batch: int = 0,
     drop_last: bool = False,
     num_parallel_calls: int | None = None,
     deterministic: bool = True,
@@ -70,6 +71,10 @@ def dataset(
 ) -> tf.data.Dataset:
     """Batches of ``epochs`` epochs starting at ``epoch`` (``epochs=None``: endless, for
     ``model.fit(..., steps_per_epoch=...)``).
+
+    ``start_batch`` resumes in the middle of epoch ``epoch``: the dataset begins with that
+    epoch's batch ``start_batch`` (the number of batches a preempted run had consumed), and
+    every batch is the one an uninterrupted run would have produced at that step.
 
     ``source`` is the entry file or a :class:`ShardReader`. ``options`` are the epoch plan's
     (``shuffle``, ``seed``, ``rank``, ``world_size``, ``even``, ``epoch_mode``; see
@@ -89,6 +94,7 @@ def dataset(
             f"{reader.path}: no batches ({plan.rows_per_epoch()} rows per epoch, drop_last)"
         )
     steps_per_epoch = len(slices)
+    start_batch = start_batch_of(start_batch, steps_per_epoch)
     fields = reader.fields()
 
     def read(step: np.int64) -> list[np.ndarray]:
@@ -107,9 +113,9 @@ def dataset(
         return _pack(reader, list(flat))
 
     steps = (
-        tf.data.Dataset.counter()
+        tf.data.Dataset.counter(start=start_batch)
         if epochs is None
-        else tf.data.Dataset.range(int(epochs) * steps_per_epoch)
+        else tf.data.Dataset.range(start_batch, int(epochs) * steps_per_epoch)
     )
     ds = steps.map(
         load,

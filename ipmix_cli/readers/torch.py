@@ -1,38 +1,50 @@
-"""PyTorch adapter: a map-style :class:`ShardDataset` and epoch-aware samplers.
+"""PyTorch adapter: a torchvision-like :class:`ShardDataset`, epoch-aware samplers, and a
+resumable :class:`ShardLoader`.
 
 Importing this module imports ``torch``; ``ipmix_cli.readers`` itself does not.
 
-A batch is ``(images, labels, *extras)``: ``images`` is a (B, H, W, 3) uint8 tensor by default
+A sample is ``(image, label, *extras)``: ``image`` is a (H, W, 3) uint8 tensor by default
 (see :class:`~ipmix_cli.readers.ShardReader` for float / normalise / CHW options), or for a
-``--jsd`` output the tuple ``(clean, images, images2)``, which is exactly what the AugMix
+``--jsd`` output the tuple ``(clean, image, image2)``, which batched is exactly what the AugMix
 reference training loop unpacks (``images_all = torch.cat(images, 0)``).
 
-Why the samplers: an output holds ``copies`` augmented copies of every input, laid out
-copy-major. :class:`ShardSampler` makes epoch ``e`` read copy ``e % copies`` of every image, in
-a seeded order, split disjointly over ranks; it is the sampler to use, with or without
-distributed training. :class:`CopySampler` adds the same copy selection to any sampler over
-input indices, e.g. a ``DistributedSampler`` you already have. Both run in the main process
-and hand row numbers to the workers, so they are right with ``num_workers > 0`` and
-``persistent_workers=True`` (where a dataset attribute changed in the main process would not
-reach the workers).
+**One copy per epoch, with a plain DataLoader.** An output holds ``copies`` augmented copies
+of every input, laid out copy-major. ``ShardDataset`` behaves like a torchvision dataset of the
+*inputs*: ``len(ds)`` is the number of sources and ``ds[i]`` is source ``i`` in copy
+``epoch % copies``, so ``DataLoader(ds, shuffle=True, num_workers=k)`` reads every image once
+per epoch and an epoch-based schedule runs at the right pace. ``ds.set_epoch(e)`` picks the
+copy. The epoch lives in memory shared with forked workers, so it reaches them even with
+``persistent_workers=True``. ``epoch_mode="all"`` keeps the old behaviour: every row of every
+copy is an item.
 
-Each pass over a sampler advances it to the next epoch; ``set_epoch(e)`` (the
-``DistributedSampler`` idiom) pins the next pass to epoch ``e``. Forgetting ``set_epoch``
-therefore still gives fresh copies every epoch instead of silently replaying copy 0.
+**Samplers.** :class:`ShardSampler` makes epoch ``e`` read copy ``e % copies`` in a seeded
+order, split disjointly over ranks; :class:`CopySampler` adds the same copy selection to any
+sampler over input indices (e.g. a ``DistributedSampler`` you already have). Both run in the
+main process and hand the workers output row numbers (tagged :class:`OutputRow`, so the
+dataset does not remap them through its own epoch). Each pass over a sampler advances it to
+the next epoch, so forgetting ``set_epoch`` still gives fresh copies every epoch.
+
+**Resume.** :class:`ShardLoader` (what ``ds.loader()`` returns; a ``DataLoader``) has
+``state_dict()`` / ``load_state_dict()`` in torchdata's ``StatefulDataLoader`` spirit: the
+state is the epoch and the number of samples the training loop has *received* (not the ones
+workers prefetched), so a loader restored in a new process yields exactly the batches an
+uninterrupted epoch would have yielded next, on every rank.
 
 Two ways to batch, both with batched shard reads:
 
-* ``DataLoader(ds, batch_size=B, sampler=ShardSampler(ds), num_workers=...)``: the standard
-  form; PyTorch passes each batch's indices to ``ds.__getitems__`` (one grouped read) and
-  stacks the rows with the default collate function.
+* ``DataLoader(ds, batch_size=B, sampler=ShardSampler(ds), num_workers=...)`` (or plain
+  ``shuffle=True``): PyTorch passes each batch's indices to ``ds.__getitems__`` (one grouped
+  read) and stacks the rows with the default collate function.
 * ``ds.loader(B, num_workers=...)``: the sampler yields whole batches of rows and each worker
-  returns ready batch tensors; it skips per-row collation (fastest).
+  returns ready batch tensors; it skips per-row collation (fastest) and is resumable.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
-from collections.abc import Iterator, Sequence
+import struct
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -40,10 +52,66 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ipmix_cli.readers.numpy_reader import ShardReader
-from ipmix_cli.readers.plan import EpochPlan, Even, batch_slices, even_for
+from ipmix_cli.readers.plan import EpochMode, EpochPlan, Even, batch_slices, even_for
 from ipmix_cli.shards.layout import row_of
 
-__all__ = ["CopySampler", "ShardBatchSampler", "ShardDataset", "ShardSampler"]
+__all__ = [
+    "CopySampler",
+    "OutputRow",
+    "OutputRows",
+    "ShardBatchSampler",
+    "ShardDataset",
+    "ShardLoader",
+    "ShardSampler",
+]
+
+
+class OutputRow(int):
+    """An output row number (``copy * num_sources + source``) as the samplers yield it: a
+    :class:`ShardDataset` reads it as is, whatever its own epoch and mode."""
+
+    __slots__ = ()
+
+
+class OutputRows:
+    """A batch of output rows (int64) as :class:`ShardBatchSampler` yields it; picklable."""
+
+    __slots__ = ("rows",)
+
+    def __init__(self, rows: np.ndarray) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getstate__(self) -> tuple[np.ndarray]:
+        return (self.rows,)
+
+    def __setstate__(self, state: tuple[np.ndarray]) -> None:
+        (self.rows,) = state
+
+
+class _SharedEpoch:
+    """An int in an anonymous shared mapping: written in the main process, read by forked
+    DataLoader workers, persistent ones included. Pickling (spawn workers) copies the value."""
+
+    def __init__(self, value: int = 0) -> None:
+        self._map = mmap.mmap(-1, 8)
+        self.value = value
+
+    @property
+    def value(self) -> int:
+        return struct.unpack_from("<q", self._map, 0)[0]
+
+    @value.setter
+    def value(self, value: int) -> None:
+        struct.pack_into("<q", self._map, 0, int(value))
+
+    def __getstate__(self) -> int:
+        return self.value
+
+    def __setstate__(self, value: int) -> None:
+        self.__init__(value)
 
 
 def _tensors(value: Any) -> Any:
@@ -55,29 +123,80 @@ def _tensors(value: Any) -> Any:
     return torch.as_tensor(value)
 
 
+def _row(batch: tuple[Any, ...], i: int) -> tuple[Any, ...]:
+    return tuple(_row(v, i) if isinstance(v, tuple) else v[i] for v in batch)
+
+
+def _stack(items: list[Any]) -> Any:
+    """Per-sample values -> one batch value: tuples field by field, tensors stacked, numbers
+    as a tensor, anything else (what a target_transform made) as a list."""
+    first = items[0]
+    if isinstance(first, tuple):
+        return tuple(_stack([item[k] for item in items]) for k in range(len(first)))
+    if isinstance(first, torch.Tensor):
+        return torch.stack(items)
+    if isinstance(first, (int, float, np.number)):
+        return torch.as_tensor(items)
+    return list(items)
+
+
 class ShardDataset(Dataset):
-    """Map-style dataset over every row of an ipmix output (``len`` = copies x sources).
+    """A torchvision-style map dataset over an ipmix output: one copy of every source per epoch.
 
     ``source`` is the entry file path or an open :class:`ShardReader`; ``reader_options`` go to
     :class:`ShardReader` (``views``, ``extras``, ``dtype``, ``normalize``, ``channels_first``,
-    ...). ``ds[i]`` is one row, ``ds[[i, j, ...]]`` (or an array / tensor of rows) one batch,
+    ...).
+
+    * ``epoch_mode="copy"`` (default): ``len(ds) == num_sources``; ``ds[i]`` is source ``i`` in
+      copy ``epoch % copies``, the epoch set by :meth:`set_epoch`. ``"all"``: every row of every
+      copy is an item (``len == copies * num_sources``).
+    * ``classes`` / ``class_to_idx`` / ``targets`` as torchvision's ``ImageFolder`` has them.
+    * ``transform`` is called on each sample's image as the reader returns it: a (H, W, 3)
+      uint8 tensor, or (3, H, W) with ``channels_first=True``, which is what
+      ``torchvision.transforms.v2`` expects; for a JSD output on each of the three views.
+      ``target_transform`` is called on the label as a Python ``int``.
+
+    ``ds[i]`` is one sample and ``ds[[i, j, ...]]`` (or an array / tensor) a stacked batch,
     both as tensors. Files are opened lazily in each worker; the dataset pickles small.
     """
 
-    def __init__(self, source: str | os.PathLike[str] | ShardReader, **reader_options: Any):
+    def __init__(
+        self,
+        source: str | os.PathLike[str] | ShardReader,
+        *,
+        epoch_mode: EpochMode = "copy",
+        epoch: int = 0,
+        transform: Callable[[Any], Any] | None = None,
+        target_transform: Callable[[int], Any] | None = None,
+        **reader_options: Any,
+    ):
         if isinstance(source, ShardReader):
             if reader_options:
                 raise TypeError("pass reader options to ShardReader, not with a reader")
             self.reader = source
         else:
             self.reader = ShardReader(source, **reader_options)
+        if epoch_mode not in ("copy", "all"):
+            raise ValueError(f"epoch_mode must be 'copy' or 'all', got {epoch_mode!r}")
+        self.epoch_mode: EpochMode = epoch_mode
+        self._epoch = _SharedEpoch(_epoch(epoch))
+        self.transform = transform
+        self.target_transform = target_transform
+
+    # -- torchvision-style description ---------------------------------------------------------
 
     def __len__(self) -> int:
-        return len(self.reader)
+        return self.num_sources if self.epoch_mode == "copy" else len(self.reader)
+
+    def __repr__(self) -> str:
+        return (
+            f"ShardDataset({str(self.reader.path)!r}, {len(self)} items, "
+            f"epoch_mode={self.epoch_mode!r}, epoch={self.epoch}, {self.copies} copies)"
+        )
 
     @property
     def num_sources(self) -> int:
-        """Input images per copy: the rows one epoch reads."""
+        """Input images per copy: the items one epoch reads."""
         return self.reader.num_sources
 
     @property
@@ -90,20 +209,94 @@ class ShardDataset(Dataset):
         """Label id -> class name, from the output's manifest."""
         return self.reader.class_names
 
-    def __getitem__(self, index: Any) -> tuple[Any, ...]:
-        if isinstance(index, (int, np.integer)) or (
-            isinstance(index, torch.Tensor) and index.ndim == 0
-        ):
-            return _tensors(self.reader[int(index)])
+    @property
+    def classes(self) -> list[str]:
+        """torchvision's name for :attr:`class_names`."""
+        return list(self.reader.class_names)
+
+    @property
+    def class_to_idx(self) -> dict[str, int]:
+        """Class name -> label id."""
+        return {name: i for i, name in enumerate(self.reader.class_names)}
+
+    @property
+    def targets(self) -> list[int]:
+        """Every item's label, in item order (e.g. for a ``WeightedRandomSampler``); the copies
+        of a source share its label, so in ``"copy"`` mode this is the same for every epoch."""
+        labels = self.reader.labels
+        return (labels[: self.num_sources] if self.epoch_mode == "copy" else labels).tolist()
+
+    # -- epochs --------------------------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int:
+        """The epoch whose copy ``ds[i]`` reads (``"copy"`` mode)."""
+        return self._epoch.value
+
+    def set_epoch(self, epoch: int) -> None:
+        """Read copy ``epoch % copies`` from now on, in this process and in its forked
+        workers (also persistent ones); call it before iterating the epoch's loader."""
+        self._epoch.value = _epoch(epoch)
+
+    def rows_of(self, indices: Any) -> np.ndarray:
+        """Output rows of item indices (int64), through the epoch's copy in ``"copy"`` mode."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        n = len(self)
+        if idx.size and (idx.min() < -n or idx.max() >= n):
+            raise IndexError(f"index out of range for {n} items")
+        idx = np.where(idx < 0, idx + n, idx)
+        if self.epoch_mode == "all":
+            return idx
+        return row_of(self.epoch % self.copies, idx, self.num_sources)
+
+    def _batch_rows(self, index: Any) -> np.ndarray:
+        if isinstance(index, OutputRows):
+            return index.rows
         if isinstance(index, torch.Tensor):
             index = index.numpy()
-        return _tensors(self.reader.read_batch(index))
+        if (
+            isinstance(index, (list, tuple))
+            and index
+            and all(isinstance(i, OutputRow) for i in index)
+        ):
+            return np.asarray(index, dtype=np.int64)
+        return self.rows_of(index)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _sample(self, sample: tuple[Any, ...]) -> tuple[Any, ...]:
+        images, label, *extras = sample
+        if self.transform is not None:
+            if isinstance(images, tuple):
+                images = tuple(self.transform(view) for view in images)
+            else:
+                images = self.transform(images)
+        if self.target_transform is not None:
+            label = self.target_transform(int(label))
+        return (images, label, *extras)
+
+    def _samples(self, rows: np.ndarray) -> list[tuple[Any, ...]]:
+        batch = _tensors(self.reader.read_batch(rows))
+        return [self._sample(_row(batch, i)) for i in range(len(rows))]
+
+    def __getitem__(self, index: Any) -> tuple[Any, ...]:
+        single = isinstance(index, (int, np.integer)) or (
+            isinstance(index, torch.Tensor) and index.ndim == 0
+        )
+        if single:
+            row = int(index) if isinstance(index, OutputRow) else int(self.rows_of([int(index)])[0])
+            return self._sample(_tensors(self.reader[row]))
+        rows = self._batch_rows(index)
+        if self.transform is None and self.target_transform is None:
+            return _tensors(self.reader.read_batch(rows))
+        return _stack(self._samples(rows))
 
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[Any, ...]]:
-        """Rows for PyTorch's batched fetch: one grouped read, then per-row views that the
-        default collate function stacks."""
-        batch = _tensors(self.reader.read_batch(np.asarray(indices, dtype=np.int64)))
-        return [_row(batch, i) for i in range(len(indices))]
+        """Samples for PyTorch's batched fetch: one grouped read, then per-sample views (and
+        transforms) that the default collate function stacks."""
+        return self._samples(self._batch_rows(list(indices)))
+
+    # -- samplers and loaders ------------------------------------------------------------------
 
     def sampler(self, **options: Any) -> ShardSampler:
         """A :class:`ShardSampler` over this dataset (same options)."""
@@ -117,24 +310,29 @@ class ShardDataset(Dataset):
         drop_last: bool = False,
         even: Even | Literal["auto"] = "auto",
         **options: Any,
-    ) -> DataLoader:
-        """A ``DataLoader`` whose workers read whole batches (no per-row collation).
+    ) -> ShardLoader:
+        """A resumable :class:`ShardLoader` whose workers read whole batches (no per-row
+        collation).
 
         ``options`` are the epoch plan's (``shuffle``, ``seed``, ``rank``, ``world_size``,
-        ``epoch_mode``; see :class:`~ipmix_cli.readers.plan.EpochPlan`) and ``DataLoader``'s
-        (``num_workers``, ``pin_memory``, ``persistent_workers``, ``prefetch_factor``, ...).
-        ``loader.sampler`` is a :class:`ShardBatchSampler`: call
-        ``loader.sampler.set_epoch(e)`` (or let each pass advance it).
+        ``epoch_mode``; see :class:`~ipmix_cli.readers.plan.EpochPlan`; ``epoch_mode`` defaults
+        to this dataset's) and ``DataLoader``'s (``num_workers``, ``pin_memory``,
+        ``persistent_workers``, ``prefetch_factor``, ...). ``loader.sampler`` is a
+        :class:`ShardBatchSampler`: call ``loader.set_epoch(e)`` (or let each pass advance it).
         """
         plan_options, dataloader_options = EpochPlan.split_options(options)
+        plan_options.setdefault("epoch_mode", self.epoch_mode)
         sampler = ShardBatchSampler(
             self, batch_size, epoch=epoch, drop_last=drop_last, even=even, **plan_options
         )
-        return DataLoader(self, sampler=sampler, batch_size=None, **dataloader_options)
+        return ShardLoader(self, sampler=sampler, batch_size=None, **dataloader_options)
 
 
-def _row(batch: tuple[Any, ...], i: int) -> tuple[Any, ...]:
-    return tuple(_row(v, i) if isinstance(v, tuple) else v[i] for v in batch)
+def _epoch(epoch: int) -> int:
+    epoch = int(epoch)
+    if epoch < 0:
+        raise ValueError(f"epoch must be >= 0, got {epoch}")
+    return epoch
 
 
 def _reader(data_source: Any) -> ShardReader:
@@ -165,6 +363,11 @@ class ShardSampler(Sampler[int]):
     rank gets the same number of rows (``drop_last`` drops the remainder, else the first rows
     are repeated to fill), so no rank waits forever on a last batch; ``even=None`` keeps ranks
     strictly disjoint and covering (sizes may differ by one).
+
+    ``state_dict()`` is the start of the pass in progress (or of the next one) and
+    ``load_state_dict`` / :meth:`resume` make the next pass start there; the samples a training
+    loop has received are counted by :class:`ShardLoader`, which runs behind this sampler when
+    workers prefetch.
     """
 
     def __init__(
@@ -183,8 +386,10 @@ class ShardSampler(Sampler[int]):
         self.plan = self.reader.plan(
             rank=rank, world_size=world_size, even=even_for(even, world_size, drop_last), **options
         )
-        self.epoch = int(epoch)
+        self.epoch = _epoch(epoch)
         self.drop_last = drop_last
+        self._start = 0  # first row of the next pass
+        self.current: tuple[int, int] | None = None  # (epoch, start) of the last pass begun
 
     @property
     def rank(self) -> int:
@@ -195,28 +400,55 @@ class ShardSampler(Sampler[int]):
         return self.plan.world_size
 
     def set_epoch(self, epoch: int) -> None:
-        """Make the next pass read epoch ``epoch`` (later passes continue from there)."""
-        self.epoch = int(epoch)
+        """Make the next pass read epoch ``epoch`` from its start (later passes continue from
+        there)."""
+        self.epoch = _epoch(epoch)
+        self._start = 0
+
+    def resume(self, epoch: int, start: int) -> None:
+        """Make the next pass read epoch ``epoch`` from its row ``start`` on."""
+        if not 0 <= int(start) <= len(self):
+            raise ValueError(f"start must be in 0..{len(self)}, got {start}")
+        self.epoch, self._start = _epoch(epoch), int(start)
 
     def rows(self, epoch: int) -> np.ndarray:
         """The rows this rank reads in ``epoch``, in order."""
         return self.plan.rows(epoch)
 
     def next_rows(self) -> np.ndarray:
-        """Rows of the current epoch, then advance to the next epoch."""
-        rows = self.rows(self.epoch)
+        """Rows of the current epoch (from the resume point), then advance to the next
+        epoch."""
+        self.current = (self.epoch, self._start)
+        rows = self.rows(self.epoch)[self._start :]
         self.epoch += 1
+        self._start = 0
         return rows
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.next_rows().tolist())
+        # a generator, so that DataLoader's extra iter() calls begin no pass
+        for row in self.next_rows().tolist():
+            yield OutputRow(row)
 
     def __len__(self) -> int:
         return self.plan.rows_per_epoch()
 
+    def identity(self) -> dict[str, Any]:
+        """What a saved position is only valid for: the output's shape and the plan."""
+        return {**self.plan.__getstate__(), "drop_last": self.drop_last}
 
-class ShardBatchSampler(Sampler[np.ndarray]):
-    """Batches of rows (int64 arrays) of a :class:`ShardSampler`'s epochs, for
+    def state_dict(self) -> dict[str, Any]:
+        """``{"epoch", "start"}`` of the pass in progress (else of the next pass)."""
+        epoch, start = self.current if self.current is not None else (self.epoch, self._start)
+        return {"epoch": epoch, "start": start}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Make the next pass start where ``state`` says."""
+        self.resume(state["epoch"], state["start"])
+        self.current = None
+
+
+class ShardBatchSampler(Sampler[OutputRows]):
+    """Batches of rows of a :class:`ShardSampler`'s epochs, for
     ``DataLoader(ds, sampler=..., batch_size=None)`` where ``ds[rows]`` returns whole batch
     tensors. ``drop_last`` drops a short last batch (and, with several ranks, evens them)."""
 
@@ -236,13 +468,95 @@ class ShardBatchSampler(Sampler[np.ndarray]):
         """The epoch the next pass reads."""
         return self.sampler.epoch
 
-    def __iter__(self) -> Iterator[np.ndarray]:
+    def __iter__(self) -> Iterator[OutputRows]:
         rows = self.sampler.next_rows()
         for part in batch_slices(len(rows), self.batch_size, self.sampler.drop_last):
-            yield rows[part]
+            yield OutputRows(rows[part])
 
     def __len__(self) -> int:
         return len(batch_slices(len(self.sampler), self.batch_size, self.sampler.drop_last))
+
+    def state_dict(self) -> dict[str, Any]:
+        """See :meth:`ShardSampler.state_dict`."""
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """See :meth:`ShardSampler.load_state_dict`."""
+        self.sampler.load_state_dict(state)
+
+
+class ShardLoader(DataLoader):
+    """A ``DataLoader`` over a :class:`ShardSampler` or :class:`ShardBatchSampler` that can be
+    saved and restored in the middle of an epoch.
+
+    ``state_dict()`` is ``{"epoch", "samples", "plan"}``: the epoch in progress and how many of
+    its samples this process's training loop has received (prefetched batches do not count),
+    plus the plan it is valid for. ``load_state_dict(state)`` (on a loader built the same way,
+    e.g. in a new process after preemption) makes the next pass yield exactly the rest of that
+    epoch; passes after it continue with the following epochs. Each rank saves and loads its
+    own state. Built by :meth:`ShardDataset.loader`, or directly:
+    ``ShardLoader(ds, batch_size=B, sampler=ShardSampler(ds), num_workers=...)``.
+    """
+
+    def __init__(self, dataset: ShardDataset, *args: Any, **kwargs: Any) -> None:
+        super().__init__(dataset, *args, **kwargs)
+        if not isinstance(self.sampler, (ShardSampler, ShardBatchSampler)):
+            raise TypeError(
+                "ShardLoader needs sampler=ShardSampler(ds) or ShardBatchSampler(ds, B), got "
+                f"{type(self.sampler).__name__}"
+            )
+        self._progress: list[int] | None = None  # [epoch, samples received] of a live pass
+
+    def _rows_sampler(self) -> ShardSampler:
+        sampler = self.sampler
+        return sampler.sampler if isinstance(sampler, ShardBatchSampler) else sampler
+
+    def _batch(self) -> int:
+        sampler = self.sampler
+        return sampler.batch_size if isinstance(sampler, ShardBatchSampler) else self.batch_size
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next pass read epoch ``epoch`` from its start."""
+        self._rows_sampler().set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[Any]:
+        sampler = self._rows_sampler()
+        progress = [sampler.epoch, sampler._start]  # where this pass's sampler starts
+        iterator = super().__iter__()
+        self._progress = progress
+        return self._count(iterator, progress, len(self._rows_sampler()))
+
+    def _count(self, iterator: Iterator[Any], progress: list[int], total: int) -> Iterator[Any]:
+        step = self._batch() or 1
+        for batch in iterator:
+            progress[1] = min(total, progress[1] + step)
+            yield batch
+        if self._progress is progress:
+            self._progress = None  # epoch done: the state is the next epoch's start
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where this process's training loop stands: ``{"epoch", "samples", "plan"}``."""
+        sampler = self._rows_sampler()
+        if self._progress is not None:
+            epoch, samples = self._progress
+        else:
+            epoch, samples = sampler.epoch, sampler._start
+        plan = {**sampler.identity(), "batch_size": self._batch()}
+        return {"epoch": int(epoch), "samples": int(samples), "plan": plan}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from ``state`` (see :meth:`state_dict`); refuses a state saved for another
+        output, plan or batch size, which would silently replay or skip samples."""
+        sampler = self._rows_sampler()
+        plan = {**sampler.identity(), "batch_size": self._batch()}
+        saved = state.get("plan", {})
+        differ = sorted(k for k in plan if k in saved and saved[k] != plan[k])
+        if differ:
+            details = ", ".join(f"{k} {saved[k]!r} vs {plan[k]!r}" for k in differ)
+            raise ValueError(f"this loader state was saved for another plan: {details}")
+        sampler.resume(state["epoch"], state["samples"])
+        sampler.current = None
+        self._progress = None
 
 
 class CopySampler(Sampler[int]):
@@ -253,8 +567,8 @@ class CopySampler(Sampler[int]):
     ``(e % copies) * num_sources + s``. ``set_epoch`` is forwarded to ``base``; each pass
     advances the epoch (and tells ``base``) like :class:`ShardSampler`.
 
-    (``DistributedSampler(ds)`` over the dataset itself also works, with no copy selection:
-    each of its epochs then covers every row of every copy.)
+    (``DistributedSampler(ds)`` over the dataset itself also works: it then samples the items
+    of ``ds``, i.e. the sources of ``ds.epoch``'s copy; call ``ds.set_epoch(e)`` with it.)
     """
 
     def __init__(self, base: Sampler[int], data_source: ShardDataset | ShardReader) -> None:
@@ -264,7 +578,7 @@ class CopySampler(Sampler[int]):
 
     def set_epoch(self, epoch: int) -> None:
         """Make the next pass read epoch ``epoch`` (forwarded to ``base``)."""
-        self.epoch = int(epoch)
+        self.epoch = _epoch(epoch)
 
     def __iter__(self) -> Iterator[int]:
         epoch = self.epoch
@@ -277,7 +591,7 @@ class CopySampler(Sampler[int]):
             s = int(source)
             if not 0 <= s < n:
                 raise IndexError(f"base sampler gave input index {s}, outside 0..{n - 1}")
-            yield row_of(copy, s, n)
+            yield OutputRow(row_of(copy, s, n))
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
