@@ -396,6 +396,14 @@ def input_and_run_options(command: Callable[..., Any]) -> Callable[..., Any]:
                 help="Labels .npy for a .npy input. [default: IMAGES_labels.npy beside it]",
             ),
             click.option(
+                "--classes",
+                type=click.Path(path_type=Path),
+                help="Class folders of a folder input, in label order: a file with one folder "
+                "per line (optionally followed by a human label, as in ImageNet's "
+                "LOC_synset_mapping.txt) or JSON (a list, or {folder: id} / {folder: label}). "
+                "Folders it does not list are left out. [default: every class folder, sorted]",
+            ),
+            click.option(
                 "--split",
                 default="train",
                 show_default=True,

@@ -51,6 +51,7 @@ from ipmix_cli.shards import (
 from ipmix_cli.shards.layout import shard_relpath, shard_subfolders
 from ipmix_cli.sources import Source, open_mixing_set, open_source
 from ipmix_cli.sources.base import Progress
+from ipmix_cli.sources.class_map import read_class_map
 from ipmix_cli.sources.folder import FolderSource
 from ipmix_cli.versions import byte_versions
 
@@ -135,6 +136,7 @@ def open_inputs(
         n_jobs=jobs,
         progress=progress,
         exclude=exclude,
+        class_map=None if spec.classes is None else read_class_map(spec.classes),
     )
     if len(source) == 0:
         raise AugmentError(f"{spec.input}: no readable images")
@@ -420,6 +422,7 @@ def _run(
         "source": {**source.to_dict(), "fingerprint": source.fingerprint()},
         "mixing_set": plan.mixing_print,
         "skipped": [list(item) for item in source.skipped],
+        "class_labels": source.class_labels,
         "job": job_hash,
     }
     write_entry(  # every shard was just committed or deep-checked: no need to re-read them

@@ -51,6 +51,8 @@ class AugmentSpec:
     codec: str = "raw"
     quality: int = 90
     fingerprint: str = "stat"
+    classes: Path | None = None
+    """``--classes FILE``: the class folders of a folder input, in label order."""
     clean: bool = False
     """The clean export (``ipmix export``): resize and centre crop, no augmentation."""
 

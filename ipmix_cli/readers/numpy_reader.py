@@ -123,6 +123,8 @@ class ShardReader:
         self.count = manifest.count
         self.image_shape: tuple[int, int, int] = manifest.image_shape
         self.class_names: list[str] = list(manifest.class_names)
+        self.class_labels: list[str] = list(manifest.class_labels or manifest.class_names)
+        """Human label per class id: from a ``--classes`` map that gave them, else the names."""
         self.shard_files: list[str] = [str(entry.parent / f) for f in manifest.shard_files]
         self.shard_counts = np.array(manifest.shard_counts, dtype=np.int64)
         self._starts = np.concatenate(([0], np.cumsum(self.shard_counts)[:-1])).astype(np.int64)

@@ -210,6 +210,11 @@ class ShardDataset(Dataset):
         return self.reader.class_names
 
     @property
+    def class_labels(self) -> list[str]:
+        """Human label per class id (``--classes`` map), else the class names."""
+        return self.reader.class_labels
+
+    @property
     def classes(self) -> list[str]:
         """torchvision's name for :attr:`class_names`."""
         return list(self.reader.class_names)

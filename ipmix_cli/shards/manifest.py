@@ -11,7 +11,8 @@ here and nowhere else. Two kinds of fields:
 * the job's account of how it was made (all optional, for entry files written by other tools
   through ``write_entry``): ``environment`` (the versions bytes depend on), ``config``,
   ``seed``, ``copies``, ``num_sources``,
-  ``rows_per_shard``, ``compression``, ``source``, ``mixing_set``, ``skipped``, ``job``.
+  ``rows_per_shard``, ``compression``, ``source``, ``mixing_set``, ``skipped``,
+  ``class_labels`` (human labels from ``--classes``, one per class name), ``job``.
 
 Keys this version does not know are kept in ``extra`` and written back unchanged, so a file
 from a newer minor version survives a round trip.
@@ -88,6 +89,7 @@ _JOB_FIELDS = (
     "source",
     "mixing_set",
     "skipped",
+    "class_labels",
     "job",
 )
 
@@ -115,6 +117,7 @@ class Manifest:
     source: dict[str, Any] | None = None
     mixing_set: dict[str, Any] | None = None
     skipped: list[list[str]] | None = None
+    class_labels: list[str] | None = None
     job: str | None = None
     format_version: int = FORMAT_VERSION
     kind: str = ENTRY_KIND
@@ -198,6 +201,13 @@ class Manifest:
         names = d.get("class_names", [])
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise ValueError(f"{where}: 'class_names' must be a list of strings")
+        labels = d.get("class_labels")
+        if labels is not None and (
+            not isinstance(labels, list)
+            or len(labels) != len(names)
+            or not all(isinstance(n, str) for n in labels)
+        ):
+            raise ValueError(f"{where}: 'class_labels' must be one string per class name")
         count = _int(d, "count", where)
         copies = _int(d, "copies", where, default=1)
         if copies < 1:

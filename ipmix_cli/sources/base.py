@@ -79,6 +79,7 @@ class Source:
         self.path = path
         self.labels: np.ndarray = np.zeros(0, dtype=np.int64)
         self.class_names: list[str] = []
+        self.class_labels: list[str] | None = None  # human labels, where a class map gave them
         self.image_size: tuple[int, int] | None = None
         self.skipped: list[tuple[str, str]] = []
         self._fingerprint: dict[str, Any] | None = None
@@ -163,6 +164,7 @@ class Source:
             "count": len(self),
             "num_classes": len(self.class_names),
             "class_names": list(self.class_names),
+            **({"class_labels": list(self.class_labels)} if self.class_labels else {}),
             "image_size": None if self.image_size is None else list(self.image_size),
             "options": self._options(),
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],

@@ -10,6 +10,7 @@ from ipmix_cli.errors import SourceError
 from ipmix_cli.sources.arrays import Hdf5Source, NpySource, NpzSource
 from ipmix_cli.sources.base import Progress, Source
 from ipmix_cli.sources.cifar import CifarSource, cifar_variant
+from ipmix_cli.sources.class_map import ClassMap
 from ipmix_cli.sources.folder import FolderSource
 
 FORMATS = ("folder", "cifar", "npz", "npy", "hdf5")
@@ -62,6 +63,7 @@ def open_source(
     n_jobs: int = 1,
     progress: Progress | None = None,
     exclude: Mapping[str, str] | None = None,
+    class_map: ClassMap | None = None,
 ) -> Source:
     """Open a labelled image data set, auto-detecting its format unless ``input_format`` is given.
 
@@ -74,7 +76,8 @@ def open_source(
     Folders only: every file's header is checked now (``n_jobs`` worker processes, reporting to
     ``progress``); ``fingerprint`` is ``"stat"`` (path, size, mtime, format and size per file)
     or ``"full"`` (content hashes); ``exclude`` maps relative paths to the reason they are left
-    out (files a full check found broken).
+    out (files a full check found broken); ``class_map`` (``--classes``) picks and orders the
+    class folders.
     """
     p = Path(path).absolute()
     if on_error not in ON_ERROR:
@@ -98,6 +101,12 @@ def open_source(
             n_jobs=n_jobs,
             progress=progress,
             exclude=exclude,
+            class_map=class_map,
+        )
+    if class_map is not None:
+        raise SourceError(
+            class_map.path,
+            f"--classes picks class folders of an image-folder input; {p} is {fmt} data",
         )
     if fmt == "cifar":
         return CifarSource(p, split=split)

@@ -26,6 +26,7 @@ import numpy as np
 from ipmix_cli.cores import resolve_jobs
 from ipmix_cli.errors import DecodeError, IpmixError, SourceError
 from ipmix_cli.sources.base import Progress, Source, is_hidden, is_ipmix_output, sha256_file
+from ipmix_cli.sources.class_map import ClassMap
 from ipmix_cli.sources.decode import decode_image, is_image_name
 from ipmix_cli.sources.headers import probe_image
 
@@ -147,6 +148,7 @@ class FolderSource(Source):
         n_jobs: int = 1,
         progress: Progress | None = None,
         exclude: Mapping[str, str] | None = None,
+        class_map: ClassMap | None = None,
     ) -> None:
         super().__init__(root)
         if fingerprint not in FINGERPRINTS:
@@ -166,6 +168,11 @@ class FolderSource(Source):
             raise SourceError(
                 root, f"no class subfolders{hint}; expected ROOT/<class name>/<image files>"
             )
+        self.class_map = None
+        if class_map is not None:  # before the walk: a typo in the map fails at once
+            classes, labels = class_map.resolve(classes)
+            self.class_labels = labels
+            self.class_map = class_map.describe(classes, labels)
         exclude = dict(exclude or {})
         candidates: list[tuple[str, int]] = []  # (relative posix path, class id)
         problems: list[tuple[str, str]] = []
@@ -282,16 +289,22 @@ class FolderSource(Source):
             if self.fingerprint_method == "full"
             else "<bytes>\\t<mtime ns>\\t<format>\\t<H>x<W>"
         )
-        return {
+        out = {
             "format": self.format,
             "path": str(self.path),
             "files": files,
             "method": f"sha256 over '<relative path>\\t{per_file}\\n' per kept file",
             "sha256": digest,
         }
+        if self.class_map is not None:  # the labels follow the map's order, not the paths'
+            out["classes"] = list(self.class_names)
+        return out
 
     def _compute_fingerprint(self) -> dict[str, Any]:  # pragma: no cover - set by the scan
         raise AssertionError("a folder's fingerprint is made by its scan")
 
     def _options(self) -> dict[str, Any]:
-        return {"fingerprint": self.fingerprint_method}
+        options: dict[str, Any] = {"fingerprint": self.fingerprint_method}
+        if self.class_map is not None:
+            options["classes"] = self.class_map["file"]
+        return options
