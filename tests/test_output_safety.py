@@ -36,9 +36,12 @@ def mixing(tmp_path: Path) -> Path:
     return mixing_folder(tmp_path / "mixing")
 
 
-def augment(data: Path, mixing: Path, out: Path, *args: object) -> subprocess.CompletedProcess:
+def augment(
+    data: Path, mixing: Path, out: Path, *args: object, quiet: bool = True
+) -> subprocess.CompletedProcess:
+    """``quiet=False`` where the summary line is checked (``--quiet`` hides it)."""
     return ipmix("augment", "--input", data, "--mixing-set", mixing, "--out", out,
-                 "--quiet", "--shard-size", "8", *args)  # fmt: skip
+                 *(["--quiet"] if quiet else []), "--shard-size", "8", *args)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -76,10 +79,10 @@ def test_an_output_inside_its_folder_input_does_not_become_input(tmp_path: Path)
     for out in (root / "out.h5", root / "class0" / "nested.h5"):
         first = augment(root, mixing, out)
         assert first.returncode == 0, first.stderr
-        again = augment(root, mixing, out, "--resume")  # same input: nothing to redo
+        again = augment(root, mixing, out, "--resume", quiet=False)  # same input: nothing to do
         assert again.returncode == 0 and "reused" in again.stdout, again.stdout + again.stderr
         reference = output_digest(out)
-        redo = augment(root, mixing, out, "--overwrite")
+        redo = augment(root, mixing, out, "--overwrite", quiet=False)
         assert redo.returncode == 0, redo.stderr
         assert output_digest(out) == reference
         assert "10 images" in redo.stdout
@@ -240,7 +243,7 @@ def test_an_interrupted_run_needs_resume_or_overwrite(tmp_path: Path, mixing: Pa
     run.send_signal(signal.SIGKILL)
     run.wait()
     one_line_failure(augment(data, mixing, out), "interrupted run", "--resume", "--overwrite")
-    resumed = augment(data, mixing, out, "--resume")
+    resumed = augment(data, mixing, out, "--resume", quiet=False)
     assert resumed.returncode == 0 and "reused" in resumed.stdout, resumed.stderr
 
 

@@ -36,8 +36,14 @@ def _fork_safe_context():
     return multiprocessing.get_context("forkserver")
 
 
-@pytest.mark.parametrize("persistent", [False, True])
-def test_plain_dataloader_reads_one_copy_per_epoch(four_copies: Path, persistent: bool) -> None:
+@pytest.mark.parametrize(
+    ("persistent", "start"), [(False, None), (True, None), (True, "forkserver")]
+)
+def test_plain_dataloader_reads_one_copy_per_epoch(
+    four_copies: Path, persistent: bool, start: str | None
+) -> None:
+    """``start``: how workers start; ``None`` is fork (unless TF/JAX threads forbid it); a
+    fork server pickles the dataset to them, as spawn does."""
     torch = _torch()
     from torch.utils.data import DataLoader
 
@@ -51,7 +57,7 @@ def test_plain_dataloader_reads_one_copy_per_epoch(four_copies: Path, persistent
         shuffle=True,
         num_workers=2,
         persistent_workers=persistent,
-        multiprocessing_context=_fork_safe_context(),
+        multiprocessing_context=_fork_safe_context() if start is None else start,
     )
     assert len(loader) == 4  # ceil(20 / 6), not ceil(80 / 6)
     ref = plain_arrays(four_copies)

@@ -13,9 +13,9 @@ of every input, laid out copy-major. ``ShardDataset`` behaves like a torchvision
 *inputs*: ``len(ds)`` is the number of sources and ``ds[i]`` is source ``i`` in copy
 ``epoch % copies``, so ``DataLoader(ds, shuffle=True, num_workers=k)`` reads every image once
 per epoch and an epoch-based schedule runs at the right pace. ``ds.set_epoch(e)`` picks the
-copy. The epoch lives in memory shared with forked workers, so it reaches them even with
-``persistent_workers=True``. ``epoch_mode="all"`` keeps the old behaviour: every row of every
-copy is an item.
+copy. The epoch lives in shared memory that workers map too (forked or spawned), so it
+reaches them even with ``persistent_workers=True``. ``epoch_mode="all"`` keeps the old
+behaviour: every row of every copy is an item.
 
 **Samplers.** :class:`ShardSampler` makes epoch ``e`` read copy ``e % copies`` in a seeded
 order, split disjointly over ranks; :class:`CopySampler` adds the same copy selection to any
@@ -44,6 +44,8 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+import tempfile
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
@@ -92,11 +94,27 @@ class OutputRows:
 
 
 class _SharedEpoch:
-    """An int in an anonymous shared mapping: written in the main process, read by forked
-    DataLoader workers, persistent ones included. Pickling (spawn workers) copies the value."""
+    """An int in shared memory: written in the main process, read by DataLoader workers,
+    persistent ones included, however they start.
+
+    It lives in a deleted temporary file (so nothing is left behind, whatever happens to the
+    process). Forked workers share the mapping; a pickled copy (spawn or forkserver workers)
+    re-opens the same file through ``/proc/<pid>/fd/<fd>`` of the process that made it. Where
+    that is impossible (no ``/proc``, another user, the maker gone) the copy keeps the value
+    it was pickled with, as any pickled attribute would."""
 
     def __init__(self, value: int = 0) -> None:
-        self._map = mmap.mmap(-1, 8)
+        self._link: str | None = None
+        try:
+            fd, path = tempfile.mkstemp(prefix="ipmix-epoch-")
+        except OSError:
+            self._map = mmap.mmap(-1, 8)
+        else:
+            os.unlink(path)
+            os.ftruncate(fd, 8)
+            self._map = mmap.mmap(fd, 8)
+            self._link = f"/proc/{os.getpid()}/fd/{fd}"
+            weakref.finalize(self, os.close, fd)
         self.value = value
 
     @property
@@ -107,11 +125,24 @@ class _SharedEpoch:
     def value(self, value: int) -> None:
         struct.pack_into("<q", self._map, 0, int(value))
 
-    def __getstate__(self) -> int:
-        return self.value
+    def __getstate__(self) -> dict[str, Any]:
+        return {"value": self.value, "link": self._link}
 
-    def __setstate__(self, value: int) -> None:
-        self.__init__(value)
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._link = state["link"]
+        try:
+            fd = os.open(self._link, os.O_RDWR) if self._link else -1
+        except OSError:
+            fd = -1
+        if fd < 0:
+            self._link = None
+            self._map = mmap.mmap(-1, 8)
+            self.value = state["value"]
+            return
+        try:
+            self._map = mmap.mmap(fd, 8)
+        finally:
+            os.close(fd)  # the mapping holds its own reference
 
 
 def _tensors(value: Any) -> Any:
