@@ -158,34 +158,53 @@ def test_folder_structure_errors(tmp_path: Path) -> None:
     _raises(only_bad, "no readable images", on_error="skip")
 
 
-def test_parallel_scan_matches_serial_scan(tmp_path: Path) -> None:
+@pytest.mark.parametrize("classes", [2, 9])
+def test_parallel_scan_matches_serial_scan(tmp_path: Path, classes: int) -> None:
+    """2 classes: one walk, header checks in chunks over the workers; 9 classes: each worker
+    walks and checks whole classes. Either way the same files, labels, problems, fingerprint
+    as one process, and a bar whose total ends at the file count."""
     from ipmix_cli.sources.folder import PARALLEL_FROM
 
     root = tmp_path / "many"
-    n = PARALLEL_FROM + 10  # above the size where the scan goes parallel
+    n = PARALLEL_FROM + 300  # above the size where the scan goes parallel
     data = io.BytesIO()
     Image.fromarray(_img(2, 3)).save(data, "PNG")
+    names = ["train", "test"] if classes == 2 else [f"c{k}" for k in range(classes)]
     for k in range(n):
-        path = root / ("train" if k % 3 else "test") / f"{k:04d}.png"
+        nested = "deep/" if k % 50 == 0 else ""  # subfolders of a class belong to it
+        path = root / names[k % classes] / f"{nested}{k:04d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data.getvalue())
-    (root / "test" / "0003.png").write_bytes(b"")
-    seen = []
+    (root / names[1] / "0001.png").write_bytes(b"")
+    (root / names[-1] / "notes.txt").write_text("not an image")
+    seen: list[tuple[str, int]] = []
 
     class Counter:
         def start(self, total: int, done: int = 0) -> None:
-            seen.append(total)
+            seen.append(("start", total))
 
         def update(self, k: int) -> None:
-            seen.append(k)
+            seen.append(("update", k))
+
+        def retotal(self, total: int) -> None:
+            seen.append(("retotal", total))
 
     serial = open_source(root, on_error="skip")
     parallel = open_source(root, on_error="skip", n_jobs=2, progress=Counter())
-    assert seen[0] == n and sum(seen[1:]) == n and len(seen) > 3  # a total, then chunks
+    updates = [k for what, k in seen if what == "update"]
+    totals = [k for what, k in seen if what in ("start", "retotal")]
+    assert sum(updates) == n and len(updates) > 3  # every image file, in steps
+    assert totals[-1] == n, "the bar's total ends at the real count"
+    if classes == 2:
+        assert seen[0] == ("start", n) and len(totals) == 1  # walked first: known total
+    else:
+        assert len(totals) == classes + 1  # a guess, then corrected as each class finishes
     assert serial.format == "folder"  # class folders named train/test are not CIFAR
     assert len(parallel) == len(serial) == n - 1 and parallel.skipped == serial.skipped
+    assert len(serial.skipped) == 2 and serial.relpaths == parallel.relpaths
     np.testing.assert_array_equal(parallel.labels, serial.labels)
     assert parallel.fingerprint() == serial.fingerprint()
+    assert parallel.image_size == serial.image_size == (2, 3)
 
 
 # --------------------------------------------------------------------------------------------

@@ -44,6 +44,13 @@ class LazyBar:
         if self.bar is not None:
             self.bar.update(n)
 
+    def retotal(self, total: int) -> None:
+        """Correct the total of a bar started on a guess (a scan learns the file count as it
+        walks), keeping the count and rate."""
+        if self.bar is not None:
+            self.bar.total = total
+            self.bar.refresh()
+
     def __enter__(self) -> LazyBar:
         return self
 
