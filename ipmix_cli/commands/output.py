@@ -29,7 +29,7 @@ def inspect_output(entry: Path, as_json: bool) -> None:
     h, w, _ = info["image_shape"]
     config = info.get("config") or {}
     names = info["class_names"]
-    labels = info.get("class_labels") or (info.get("source") or {}).get("class_labels") or names
+    labels = info["class_labels"]
     pairs = zip(names[:10], labels[:10], strict=True)
     shown = ", ".join(n if lab == n else f"{n} ({lab})" for n, lab in pairs)
     shown += " ..." if len(names) > 10 else ""

@@ -270,7 +270,7 @@ class ShardDataset(Dataset):
         return self._epoch.value
 
     def set_epoch(self, epoch: int) -> None:
-        """Read copy ``epoch % copies`` from now on, in this process and in its forked
+        """Read copy ``epoch % copies`` from now on, in this process and in its DataLoader
         workers (also persistent ones); call it before iterating the epoch's loader."""
         self._epoch.value = _epoch(epoch)
 
@@ -447,6 +447,11 @@ class ShardSampler(Sampler[int]):
             raise ValueError(f"start must be in 0..{len(self)}, got {start}")
         self.epoch, self._start = _epoch(epoch), int(start)
 
+    @property
+    def next_pass(self) -> tuple[int, int]:
+        """``(epoch, first row)`` the next pass will read."""
+        return self.epoch, self._start
+
     def rows(self, epoch: int) -> np.ndarray:
         """The rows this rank reads in ``epoch``, in order."""
         return self.plan.rows(epoch)
@@ -454,7 +459,7 @@ class ShardSampler(Sampler[int]):
     def next_rows(self) -> np.ndarray:
         """Rows of the current epoch (from the resume point), then advance to the next
         epoch."""
-        self.current = (self.epoch, self._start)
+        self.current = self.next_pass
         rows = self.rows(self.epoch)[self._start :]
         self.epoch += 1
         self._start = 0
@@ -474,7 +479,7 @@ class ShardSampler(Sampler[int]):
 
     def state_dict(self) -> dict[str, Any]:
         """``{"epoch", "start"}`` of the pass in progress (else of the next pass)."""
-        epoch, start = self.current if self.current is not None else (self.epoch, self._start)
+        epoch, start = self.current if self.current is not None else self.next_pass
         return {"epoch": epoch, "start": start}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -556,8 +561,7 @@ class ShardLoader(DataLoader):
         self._rows_sampler().set_epoch(epoch)
 
     def __iter__(self) -> Iterator[Any]:
-        sampler = self._rows_sampler()
-        progress = [sampler.epoch, sampler._start]  # where this pass's sampler starts
+        progress = list(self._rows_sampler().next_pass)  # where this pass starts
         iterator = super().__iter__()
         self._progress = progress
         return self._count(iterator, progress, len(self._rows_sampler()))
@@ -572,26 +576,24 @@ class ShardLoader(DataLoader):
 
     def state_dict(self) -> dict[str, Any]:
         """Where this process's training loop stands: ``{"epoch", "samples", "plan"}``."""
-        sampler = self._rows_sampler()
-        if self._progress is not None:
-            epoch, samples = self._progress
-        else:
-            epoch, samples = sampler.epoch, sampler._start
-        plan = {**sampler.identity(), "batch_size": self._batch()}
-        return {"epoch": int(epoch), "samples": int(samples), "plan": plan}
+        live = self._progress
+        epoch, samples = live if live is not None else self._rows_sampler().next_pass
+        return {"epoch": int(epoch), "samples": int(samples), "plan": self._plan_identity()}
+
+    def _plan_identity(self) -> dict[str, Any]:
+        """What a saved state is only valid for: the sampler's plan and the batch size."""
+        return {**self._rows_sampler().identity(), "batch_size": self._batch()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from ``state`` (see :meth:`state_dict`); refuses a state saved for another
         output, plan or batch size, which would silently replay or skip samples."""
-        sampler = self._rows_sampler()
-        plan = {**sampler.identity(), "batch_size": self._batch()}
+        plan = self._plan_identity()
         saved = state.get("plan", {})
         differ = sorted(k for k in plan if k in saved and saved[k] != plan[k])
         if differ:
             details = ", ".join(f"{k} {saved[k]!r} vs {plan[k]!r}" for k in differ)
             raise ValueError(f"this loader state was saved for another plan: {details}")
-        sampler.resume(state["epoch"], state["samples"])
-        sampler.current = None
+        self._rows_sampler().load_state_dict({"epoch": state["epoch"], "start": state["samples"]})
         self._progress = None
 
 

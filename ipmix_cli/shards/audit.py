@@ -368,7 +368,8 @@ def inspect(entry_path: str | os.PathLike[str]) -> dict[str, Any]:
     """Summary of an output for humans and scripts (reads attributes only; never hashes).
 
     Keys: path, format_version, tool_version, count, mode, codec (raw, jpeg or png), quality
-    (JPEG's, else None), num_shards, image_shape, class_names, num_classes, bytes_on_disk
+    (JPEG's, else None), num_shards, image_shape, class_names, class_labels (a ``--classes``
+    map's human labels, else the names), num_classes, bytes_on_disk
     (entry + shards present), missing_shards, config, seed, source, skipped, shards (index,
     file, start, count, checksum, bytes, exists).
     """
@@ -396,6 +397,7 @@ def inspect(entry_path: str | os.PathLike[str]) -> dict[str, Any]:
         "num_shards": len(shards),
         "image_shape": list(manifest.image_shape),
         "class_names": names,
+        "class_labels": list(manifest.class_labels or names),
         "num_classes": len(names),
         "bytes_on_disk": total,
         "missing_shards": missing,

@@ -164,7 +164,6 @@ class Source:
             "count": len(self),
             "num_classes": len(self.class_names),
             "class_names": list(self.class_names),
-            **({"class_labels": list(self.class_labels)} if self.class_labels else {}),
             "image_size": None if self.image_size is None else list(self.image_size),
             "options": self._options(),
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],

@@ -25,7 +25,6 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ipmix_cli.errors import SourceError
 
@@ -74,10 +73,6 @@ class ClassMap:
 
     def _where(self, where: int) -> str:
         return f"entry {where}" if self.exact else f"line {where}"
-
-    def describe(self, names: list[str], labels: list[str]) -> dict[str, Any]:
-        """What the manifest records about the map (the file and its resolved content)."""
-        return {"file": str(self.path), "names": names, "labels": labels}
 
 
 def read_class_map(path: str | os.PathLike[str]) -> ClassMap:

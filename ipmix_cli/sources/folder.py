@@ -176,16 +176,16 @@ def _scan_by_class(
     full: bool,
     workers: int,
     progress: Progress | None,
+    guess: int,
 ) -> tuple[list[str], list[int], list[Any], list[tuple[str, str]]]:
     """Walk and check the class folders in worker processes, one class per task, so the walk
     is spread over the cores as well as the header checks (a serial walk first would leave
     one core idle for a tenth of the scan). Results come back in class order. The bar's total
-    starts as a guess from the first class and is corrected as classes finish."""
+    starts as ``guess`` (from the first class) and is corrected as classes finish."""
     relpaths: list[str] = []
     labels: list[int] = []
     parts: list[Any] = []
     problems: list[tuple[str, str]] = []
-    guess = _likely_files(Path(root), classes)
     if progress is not None:
         progress.start(guess)
     with _scan_pool(min(workers, len(classes))) as pool:
@@ -237,21 +237,17 @@ class FolderSource(Source):
             raise SourceError(
                 root, f"no class subfolders{hint}; expected ROOT/<class name>/<image files>"
             )
-        self.class_map = None
+        self.class_map_file: str | None = None
         if class_map is not None:  # before the walk: a typo in the map fails at once
-            classes, labels = class_map.resolve(classes)
-            self.class_labels = labels
-            self.class_map = class_map.describe(classes, labels)
+            classes, self.class_labels = class_map.resolve(classes)
+            self.class_map_file = str(class_map.path)
         exclude = dict(exclude or {})
         full = fingerprint == "full"
         workers = resolve_jobs(n_jobs)
-        if (
-            workers > 1
-            and len(classes) >= 2 * workers
-            and _likely_files(root, classes) >= (PARALLEL_FROM)
-        ):
+        guess = _likely_files(root, classes) if workers > 1 and len(classes) >= 2 * workers else 0
+        if guess >= PARALLEL_FROM:
             relpaths, labels, parts, problems = _scan_by_class(
-                str(root), classes, exclude, full, workers, progress
+                str(root), classes, exclude, full, workers, progress, guess
             )
         else:
             relpaths, labels, problems = [], [], []
@@ -362,7 +358,7 @@ class FolderSource(Source):
             "method": f"sha256 over '<relative path>\\t{per_file}\\n' per kept file",
             "sha256": digest,
         }
-        if self.class_map is not None:  # the labels follow the map's order, not the paths'
+        if self.class_map_file is not None:  # the labels follow the map's order, not the paths'
             out["classes"] = list(self.class_names)
         return out
 
@@ -371,6 +367,6 @@ class FolderSource(Source):
 
     def _options(self) -> dict[str, Any]:
         options: dict[str, Any] = {"fingerprint": self.fingerprint_method}
-        if self.class_map is not None:
-            options["classes"] = self.class_map["file"]
+        if self.class_map_file is not None:
+            options["classes"] = self.class_map_file
         return options
