@@ -20,9 +20,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 from ipmix_cli.augment.config import IPMixConfig
+from ipmix_cli.augment.ops.resample import resize_bilinear
 
 __all__ = ["MixingSet", "resized_shape"]
 
@@ -117,4 +117,4 @@ def _prepare(pic: np.ndarray, short_side: int, size: tuple[int, int]) -> np.ndar
     nh, nw = resized_shape(h, w, short_side, size)
     if (nh, nw) == (h, w):
         return pic
-    return np.asarray(Image.fromarray(pic).resize((nw, nh), Image.Resampling.BILINEAR))
+    return resize_bilinear(pic, (nh, nw))  # Pillow's BILINEAR, bit-exact
