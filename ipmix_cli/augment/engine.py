@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from fractals.rng import MASK64
+from ipmix_cli.augment.allocator import keep_image_buffers_on_heap
 from ipmix_cli.augment.config import ConfigError, IPMixConfig
 from ipmix_cli.augment.mixing_set import MixingSet
 from ipmix_cli.augment.pixel_rules import overflow_code
@@ -51,6 +52,8 @@ __all__ = [
     "clean_images",
     "warmup",
 ]
+
+keep_image_buffers_on_heap()  # every process that augments imports this module
 
 
 def augment_batch(
