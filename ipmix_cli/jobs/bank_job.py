@@ -8,10 +8,12 @@ workers. The bank's own layout is ``ipmix_cli.bank.format``.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,15 +29,21 @@ from ipmix_cli.bank.format import (
     MANIFEST,
     build_manifest,
     image_name,
+    manifest_bytes,
     write_h5_apart,
 )
-from ipmix_cli.bank.png import encode_rgb_png
+from ipmix_cli.bank.png import encode_bank_png
+from ipmix_cli.cores import resolve_jobs
 from ipmix_cli.errors import BankError, DiskFullError
 from ipmix_cli.fs.atomic import (
     StagedFile,
+    fsync_dir,
+    fsync_path,
     remove_stale_temporaries,
     stage_bytes,
+    temporary_sibling,
     write_bytes_atomic,
+    write_error,
 )
 from ipmix_cli.fs.lock import exclusive_lock
 from ipmix_cli.fs.tree import remove_tree
@@ -114,6 +122,7 @@ class _Chunk:
     start: int
     stop: int
     parent_pid: int | None = None  # the job's process, when this runs in a worker process
+    stage: bool = True  # write the files (temporary names) in the worker; else hand back bytes
 
 
 def chunk_ranges(count: int) -> list[tuple[int, int]]:
@@ -128,50 +137,156 @@ def _chunk_array_path(out: Path, chunk: int) -> Path:
     return out / PARTIAL_DIR / f"chunk-{chunk:06d}.npy"
 
 
-def _render_chunk(chunk: _Chunk) -> tuple[int, list[StagedFile]]:
-    """Worker side: render and encode a chunk's images and stage them under temporary names,
-    the record file that marks the chunk done last; the job's own process commits them."""
-    die_with_parent(chunk.parent_pid)
+@dataclass(frozen=True)
+class _Payload:
+    """A file's final path and bytes, not yet written (a chunk rendered in this process: the
+    commit threads write it, so the renderer never waits on the file system)."""
+
+    final: Path
+    data: bytes | bytearray | memoryview
+
+    def stage(self) -> StagedFile:
+        return stage_bytes(self.final, self.data)
+
+    def stage_durable(self) -> StagedFile:
+        """:meth:`stage` and fsync through the same descriptor (one open, not two)."""
+        tmp = temporary_sibling(self.final)
+        try:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+            fd = os.open(tmp, flags, 0o644)
+            try:
+                view = memoryview(self.data).cast("B")
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except BaseException as error:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            if isinstance(error, OSError):
+                raise write_error(self.final, error) from None
+            raise
+        return StagedFile(tmp, self.final)
+
+
+_ChunkFiles = tuple[int, list[StagedFile] | list[_Payload]]
+"""What a rendered chunk hands to :func:`_commit_chunks`: its image count and its files, the
+record that marks the chunk done last."""
+
+
+def _render(chunk: _Chunk) -> tuple[np.ndarray, list[dict]]:
     spec = chunk.spec
-    indices = list(range(chunk.start, chunk.stop))
-    images, records = make_images(spec.seed, indices, spec.options)
+    return make_images(spec.seed, range(chunk.start, chunk.stop), spec.options)
+
+
+def _encode(chunk: _Chunk, images: np.ndarray, records: list[dict]) -> list[_Payload]:
+    """A rendered chunk's files: its PNGs (or its .npy block), then its record file."""
+    spec = chunk.spec
+    files: list[_Payload] = []
+    if spec.image_format == "png":
+        for index, image, record in zip(
+            range(chunk.start, chunk.stop), images, records, strict=True
+        ):
+            name = image_name(index, spec.count)
+            png = encode_bank_png(image, spec.png_compress_level)
+            files.append(_Payload(spec.out / IMAGE_DIR / name, png))
+            record["file"] = f"{IMAGE_DIR}/{name}"
+    else:
+        buffer = io.BytesIO()
+        np.save(buffer, images)
+        files.append(_Payload(_chunk_array_path(spec.out, chunk.index), buffer.getbuffer()))
+    record_file = {"start": chunk.start, "stop": chunk.stop, "records": records}
+    data = json.dumps(record_file).encode()
+    files.append(_Payload(_chunk_record_path(spec.out, chunk.index), data))
+    return files
+
+
+def _stage_all(files: list[_Payload]) -> list[StagedFile]:
     staged: list[StagedFile] = []
     try:
-        if spec.image_format == "png":
-            for index, image, record in zip(indices, images, records, strict=True):
-                name = image_name(index, spec.count)
-                png = encode_rgb_png(image, spec.png_compress_level)
-                staged.append(stage_bytes(spec.out / IMAGE_DIR / name, png))
-                record["file"] = f"{IMAGE_DIR}/{name}"
-        else:
-            buffer = io.BytesIO()
-            np.save(buffer, images)
-            staged.append(stage_bytes(_chunk_array_path(spec.out, chunk.index), buffer.getbuffer()))
-        record_file = {"start": chunk.start, "stop": chunk.stop, "records": records}
-        data = json.dumps(record_file).encode()
-        staged.append(stage_bytes(_chunk_record_path(spec.out, chunk.index), data))
+        for file in files:
+            staged.append(file.stage())
+    except BaseException:
+        for done in staged:
+            done.discard()
+        raise
+    return staged
+
+
+def _encode_chunk(chunk: _Chunk, images: np.ndarray, records: list[dict]) -> _ChunkFiles:
+    files = _encode(chunk, images, records)
+    return chunk.stop - chunk.start, (_stage_all(files) if chunk.stage else files)
+
+
+def _render_chunk(chunk: _Chunk) -> _ChunkFiles:
+    """Worker side: render and encode a chunk's images. A worker process (loky, dask) stages
+    them under temporary names and the job's own process commits them; a thread of the job's
+    process hands the bytes back for the commit threads to write."""
+    die_with_parent(chunk.parent_pid)
+    images, records = _render(chunk)
+    return _encode_chunk(chunk, images, records)
+
+
+def _render_pipelined(todo: list[_Chunk]) -> Iterator[_ChunkFiles]:
+    """One job in this process: this thread renders chunk k + 1 while another encodes chunk k
+    (numba's kernels and libdeflate both release the GIL). At most two rendered chunks wait."""
+    with ThreadPoolExecutor(1, thread_name_prefix="ipmix-encode") as encoder:
+        waiting: deque[Future[_ChunkFiles]] = deque()
+        try:
+            for chunk in todo:
+                images, records = _render(chunk)
+                waiting.append(encoder.submit(_encode_chunk, chunk, images, records))
+                while len(waiting) > 1:
+                    yield waiting.popleft().result()
+            while waiting:
+                yield waiting.popleft().result()
+        finally:
+            for future in waiting:
+                future.cancel()
+
+
+def _commit_files(files: list[StagedFile] | list[_Payload]) -> None:
+    """Make a chunk's files durable under their final names, the record file last: write the
+    ones handed back as bytes, fsync each, rename each, fsync each folder once (a chunk counts
+    as done only once its images are all in place)."""
+    staged: list[StagedFile] = []
+    try:
+        for file in files:
+            if isinstance(file, _Payload):
+                staged.append(file.stage_durable())
+                continue
+            staged.append(file)
+            try:
+                fsync_path(file.tmp)
+            except OSError as error:
+                raise write_error(file.final, error) from None
+        *images, record = staged
+        for group in (images, [record]):
+            for file in group:
+                try:
+                    os.replace(file.tmp, file.final)
+                except OSError as error:
+                    raise write_error(file.final, error) from None
+            for folder in dict.fromkeys(file.final.parent for file in group):
+                fsync_dir(folder)
     except BaseException:
         for file in staged:
-            file.discard()
+            file.discard()  # a no-op for those already renamed
         raise
-    return len(indices), staged
 
 
 def _commit_chunks(
-    results: Iterator[tuple[int, list[StagedFile]]], on_progress: Callable[[int], None] | None
+    results: Iterator[_ChunkFiles], on_progress: Callable[[int], None] | None
 ) -> None:
-    """Commit each rendered chunk's files (fsync, rename; the record last) on a few threads of
-    this process, while the workers render the next chunks."""
-    futures: list[tuple[Future[None], list[StagedFile]]] = []
-
-    def commit(files: list[StagedFile]) -> None:
-        for file in files:
-            file.commit()
+    """Commit each rendered chunk's files (:func:`_commit_files`) on a few threads of this
+    process, while the workers render the next chunks."""
+    futures: list[tuple[Future[None], list[StagedFile] | list[_Payload]]] = []
 
     with ThreadPoolExecutor(COMMIT_THREADS, thread_name_prefix="ipmix-commit") as committer:
         try:
             for count, files in results:
-                futures.append((committer.submit(commit, files), files))
+                futures.append((committer.submit(_commit_files, files), files))
                 if on_progress:
                     on_progress(count)
             for future, _ in futures:
@@ -180,7 +295,8 @@ def _commit_chunks(
             for future, files in futures:
                 if future.cancel():
                     for file in files:
-                        file.discard()
+                        if isinstance(file, StagedFile):
+                            file.discard()
             raise
 
 
@@ -305,16 +421,20 @@ def _generate(
     started = time.perf_counter()
     reuse = _prepare_folder(spec, overwrite=overwrite, resume=resume)
     parent_pid = os.getpid() if backend == "loky" else None
+    here = backend == "threads" or resolve_jobs(jobs) == 1 and backend != "dask"
     todo: list[_Chunk] = []
     reused = 0
     for chunk, (start, stop) in enumerate(chunk_ranges(spec.count)):
         if reuse and _chunk_is_done(spec, chunk, start, stop):
             reused += stop - start
         else:
-            todo.append(_Chunk(spec, chunk, start, stop, parent_pid))
+            todo.append(_Chunk(spec, chunk, start, stop, parent_pid, stage=not here))
     if on_progress and reused:
         on_progress(reused)
-    results = run_unordered(_render_chunk, todo, jobs=jobs, backend=backend)
+    if here and resolve_jobs(jobs) == 1:
+        results = _render_pipelined(todo)
+    else:
+        results = run_unordered(_render_chunk, todo, jobs=jobs, backend=backend)
     try:
         _commit_chunks(results, on_progress)
     except BaseException:
@@ -341,7 +461,7 @@ def _generate(
             for chunk, (start, _) in enumerate(chunk_ranges(spec.count))
         ]
         write_h5_apart(spec.out / H5_NAME, manifest, spec.options.size, chunks)
-    write_bytes_atomic(spec.out / MANIFEST, json.dumps(manifest, indent=1).encode())
+    write_bytes_atomic(spec.out / MANIFEST, manifest_bytes(manifest))
     remove_tree(spec.out / PARTIAL_DIR)
     return BankSummary(
         out=spec.out,
