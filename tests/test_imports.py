@@ -73,3 +73,45 @@ def test_a_command_start_drops_caches_whose_sources_changed(copy_of_the_code: Pa
     augment = [p for p in planted if "ipmix_cli" in p.parts]
     assert not any(p.exists() for p in augment)  # an op changed: the recipe's caches go
     assert all(p.exists() for p in planted if "fractals" in p.parts)  # fractals' stay
+
+
+SKIPPED_PROBE = """
+import sys
+from ipmix_cli import kernel_caches
+from ipmix_cli.augment.config import IPMixConfig
+from ipmix_cli.augment.engine import warmup
+
+assert kernel_caches.skip_blas_probe()
+warmup(IPMixConfig.preset("cifar"))  # the first kernel load: numba's registries
+assert "scipy.linalg" not in sys.modules, "numba imported scipy.linalg at start-up"
+assert "scipy.linalg.cython_blas" not in sys.modules  # the block is lifted again
+import scipy.linalg.cython_blas  # and scipy, where installed, imports as usual
+"""
+
+
+def test_a_command_start_spares_numba_the_scipy_import() -> None:
+    pytest.importorskip("scipy.linalg")  # without scipy there is nothing to spare
+    result = subprocess.run(
+        [sys.executable, "-c", SKIPPED_PROBE], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_command_heap_is_frozen_only_while_it_runs(monkeypatch) -> None:
+    import atexit
+    import gc
+
+    from ipmix_cli.commands import augment
+
+    registered = []
+    monkeypatch.setattr(atexit, "register", registered.append)
+    augment._freeze_at_exit.cache_clear()
+    assert gc.get_freeze_count() == 0
+    with augment._frozen_heap():
+        assert gc.get_freeze_count() > 0
+    assert gc.get_freeze_count() == 0  # a library caller gets its heap back
+    assert registered == [gc.freeze]  # and the process's exit skips the final collections
+    with augment._frozen_heap():
+        pass
+    assert registered == [gc.freeze]  # once
+    augment._freeze_at_exit.cache_clear()

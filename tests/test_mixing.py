@@ -203,3 +203,69 @@ def test_weights_branches_and_distributions(beta: float) -> None:
     assert stats.kstest(-wb[b1], stats.beta(1, beta).cdf).pvalue > 1e-3
     # the two Beta(1, beta) draws of branch 1 are independent (not one draw reused)
     assert abs(stats.pearsonr(wa[b1], wb[b1]).statistic) < 0.1
+
+
+# --------------------------------------------------------------------------------------------
+# Loading a mixing set's pictures on threads
+# --------------------------------------------------------------------------------------------
+
+
+def _bank_of_pngs(folder, count: int) -> list[np.ndarray]:
+    from PIL import Image
+
+    rng = np.random.default_rng(11)
+    pictures = []
+    for i in range(count):
+        picture = rng.integers(0, 256, (5 + i % 4, 6 + i % 3, 3), dtype=np.uint8)
+        Image.fromarray(picture).save(folder / f"{i:05d}.png")
+        pictures.append(picture)
+    return pictures
+
+
+@pytest.mark.parametrize("threads", [1, 3, 8])
+def test_threaded_decoding_keeps_the_pictures_and_their_order(tmp_path, threads: int) -> None:
+    from ipmix_cli.sources.mixing_pictures import decode_pictures, open_mixing_set
+
+    pictures = _bank_of_pngs(tmp_path, 40)
+    files = sorted(tmp_path.glob("*.png"))
+    got = decode_pictures(files, threads=threads)
+    assert len(got) == len(pictures)
+    for a, b in zip(got, pictures, strict=True):
+        assert a.dtype == np.uint8 and a.flags.c_contiguous
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(open_mixing_set(tmp_path), pictures, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_threaded_decoding_names_the_first_broken_picture(tmp_path, monkeypatch) -> None:
+    """Two broken pictures, the earlier one slower to fail: the error is still the earlier
+    one's, a one-line message naming it, whatever the threads' timing."""
+    import threading
+    import time
+
+    from ipmix_cli.errors import DecodeError
+    from ipmix_cli.sources import mixing_pictures
+    from ipmix_cli.sources.mixing_pictures import open_mixing_set
+
+    _bank_of_pngs(tmp_path, 40)
+    first, later = tmp_path / "00005.png", tmp_path / "00030.png"
+    first.write_bytes(b"not a png")
+    later.write_bytes(b"")
+    decode, later_failed = mixing_pictures.decode_image, threading.Event()
+
+    def slow_first(path, **kwargs):
+        if path == first:
+            later_failed.wait(5)  # the later picture's error exists before this one's
+            time.sleep(0.05)
+        try:
+            return decode(path, **kwargs)
+        finally:
+            if path == later:
+                later_failed.set()
+
+    monkeypatch.setattr(mixing_pictures, "decode_image", slow_first)
+    monkeypatch.setattr(mixing_pictures, "available_cores", lambda: 4)
+    with pytest.raises(DecodeError) as info:
+        open_mixing_set(tmp_path)
+    text = str(info.value)
+    assert "\n" not in text and text.startswith(str(first)) and "not an image" in text
