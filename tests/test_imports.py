@@ -101,17 +101,17 @@ def test_the_command_heap_is_frozen_only_while_it_runs(monkeypatch) -> None:
     import atexit
     import gc
 
-    from ipmix_cli.commands import augment
+    from ipmix_cli.commands import heap
 
     registered = []
     monkeypatch.setattr(atexit, "register", registered.append)
-    augment._freeze_at_exit.cache_clear()
+    heap.freeze_at_exit.cache_clear()
     assert gc.get_freeze_count() == 0
-    with augment._frozen_heap():
+    with heap.frozen_heap():
         assert gc.get_freeze_count() > 0
     assert gc.get_freeze_count() == 0  # a library caller gets its heap back
     assert registered == [gc.freeze]  # and the process's exit skips the final collections
-    with augment._frozen_heap():
+    with heap.frozen_heap():
         pass
     assert registered == [gc.freeze]  # once
-    augment._freeze_at_exit.cache_clear()
+    heap.freeze_at_exit.cache_clear()

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import atexit
-import contextlib
 import dataclasses
-import functools
-import gc
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +14,7 @@ from ipmix_cli import kernel_caches
 from ipmix_cli.augment.config import IPMixConfig
 from ipmix_cli.augment.mixing_set import MixingSet
 from ipmix_cli.commands import RunOptions
+from ipmix_cli.commands.heap import frozen_heap
 from ipmix_cli.cores import resolve_jobs
 from ipmix_cli.jobs.augment_job import preflight, run_augment
 from ipmix_cli.jobs.augment_spec import AugmentSpec
@@ -128,7 +124,7 @@ def augment_dataset(spec: AugmentSpec, run: RunOptions) -> None:
     """``ipmix augment``: the main job, with a progress bar and a one-line summary."""
     kernel_caches.refresh()
     kernel_caches.skip_blas_probe()
-    with _frozen_heap():
+    with frozen_heap():
         _augment_dataset(spec, run)
 
 
@@ -158,32 +154,6 @@ def _augment_dataset(spec: AugmentSpec, run: RunOptions) -> None:
         click.echo(f"skipped {path}: {reason}", err=True)
     if not run.quiet:
         click.echo(summary.line())
-
-
-@contextlib.contextmanager
-def _frozen_heap() -> Iterator[None]:
-    """Keep the cyclic garbage collector off the objects that exist when a command starts.
-
-    The imports leave ~130,000 objects (numba's type system, mostly) that live as long as the
-    process. Every full collection walks them (~0.05 s over a short job), and so do the
-    interpreter's last collections at exit (~0.3 s, a third of a 1,000-image job). They are
-    frozen for the command (``gc.freeze``; objects made later are collected as usual), given
-    back when it returns (a library caller's heap is left as it was), and frozen again at exit.
-    Nothing is changed when something else already froze objects."""
-    _freeze_at_exit()
-    if gc.get_freeze_count():
-        yield
-        return
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
-
-
-@functools.lru_cache(maxsize=1)
-def _freeze_at_exit() -> None:
-    atexit.register(gc.freeze)
 
 
 def _dry_run(spec: AugmentSpec, jobs: int, backend: str, quiet: bool = False) -> None:

@@ -12,6 +12,7 @@ from fractals import FractalOptions, render_record
 from ipmix_cli import kernel_caches
 from ipmix_cli.bank.format import load_manifest, read_bank_images
 from ipmix_cli.commands import RunOptions
+from ipmix_cli.commands.heap import frozen_heap
 from ipmix_cli.errors import BankError, OutputError
 from ipmix_cli.jobs.bank_job import BankSpec, generate_bank
 from ipmix_cli.jobs.parallel import backend_session, resolve_backend
@@ -66,6 +67,12 @@ def bank_spec(
 def generate_fractals(spec: BankSpec, run: RunOptions, preview: Path | None = None) -> None:
     """``ipmix fractals generate``: render the bank, then an optional contact sheet."""
     kernel_caches.refresh()
+    kernel_caches.skip_blas_probe()
+    with frozen_heap():
+        _generate_fractals(spec, run, preview)
+
+
+def _generate_fractals(spec: BankSpec, run: RunOptions, preview: Path | None) -> None:
     backend = resolve_backend(run.backend, run.scheduler, default="threads")
     if preview is not None and preview.exists() and not run.overwrite:
         raise OutputError(preview, "preview file exists; pass --overwrite to replace it")
