@@ -35,6 +35,13 @@ def wait_for_shards(shards: Path, count: int, process: subprocess.Popen) -> int:
     return len(list(shards.glob("shard-*.h5")))
 
 
+def _as_a_terminal_job() -> None:
+    """Ctrl-C as a terminal delivers it: a test suite started in the background by a script
+    (``pytest &``) ignores SIGINT, and every child inherits that, so the run under test would
+    never see the interrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt_after_shards(
     args: list, shards: Path, count: int, sig: signal.Signals
 ) -> tuple[int, str, subprocess.Popen]:
@@ -48,6 +55,7 @@ def interrupt_after_shards(
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=_as_a_terminal_job,
     )
     try:
         wait_for_shards(shards, count, process)

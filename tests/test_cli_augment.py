@@ -297,15 +297,14 @@ def test_ctrl_c_stops_a_threads_run_and_resume_completes(tmp_path: Path, bank: P
     one-line hint and no traceback; every shard under its final name is complete; ``--resume``
     ends with the bytes of an uninterrupted run."""
     data = random_npz(tmp_path / "big.npz", 3000, seed=4)
-    # 600 shards (3-4 s of work): the job must outlast the interrupt on a busy machine
-    args = ["augment", "--input", data, "--mixing-set", bank, "--copies", "40"]
+    args = ["augment", "--input", data, "--mixing-set", bank, "--copies", "4"]
     args += ["--shard-size", "200", "--jobs", "2", "--quiet"]
     out = tmp_path / "stopped.h5"
     shards = out.with_suffix(".shards")
     written, stderr, process = interrupt_after_shards(
         [*args, "--out", out], shards, 5, signal.SIGINT
     )
-    assert 5 <= written < 600, "the interrupt must land mid-run"
+    assert 5 <= written < 60, "the interrupt must land mid-run"
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr, stderr
     assert stderr.strip().splitlines()[-1].startswith("interrupted: finished work is kept"), stderr
