@@ -195,8 +195,6 @@ def random_resized_crop(
         rec[PRE_RRC_H] = h
         rec[PRE_RRC_W] = w
         rec[PRE_RRC_ATTEMPTS] = attempt
-    if (h, w) == tuple(size):
-        return np.ascontiguousarray(img[i : i + h, j : j + w])
     return resize_window(np.ascontiguousarray(img), i, j, h, w, int(size[0]), int(size[1]))
 
 
@@ -250,10 +248,9 @@ def resize_center_crop(img: np.ndarray, size: tuple[int, int], side: int | None)
     Resize: the shorter side becomes ``side``, the longer ``int(side * long / short)``
     (torchvision's truncation), in Pillow BILINEAR, which antialiases when downscaling
     (``ops.resample``, bit-identical to Pillow's: torchvision's PIL path, so the bytes are
-    the reference's). Crop: ``top =
-    int(round((h - H) / 2.0))``, ``left`` likewise (Python's half-to-even round). An axis where
-    the resized image is shorter than the crop is zero-padded as CenterCrop pads: the image
-    starts at ``(H - h) // 2``.
+    the reference's). Crop: ``top = int(round((h - H) / 2.0))``, ``left`` likewise (Python's
+    half-to-even round). An axis where the resized image is shorter than the crop is
+    zero-padded as CenterCrop pads: the image starts at ``(H - h) // 2``.
     """
     arr = np.asarray(img)
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3 or 0 in arr.shape:

@@ -3,8 +3,8 @@
 At 224 px the ImageNet pre-transform (RandomResizedCrop: crop, then resize) was the largest
 single cost of a sample, about 0.7-1.3 ms in Pillow, plus two array<->PIL copies. This kernel
 reads the crop window straight out of the decoded image (no crop copy, no PIL image) and runs
-the vertical pass over whole rows at once, which LLVM vectorises; the horizontal pass stays
-scalar, as in Pillow.
+both passes over whole rows at once, which LLVM vectorises: the horizontal pass is a vertical
+one between two transposes (under 1 ns a pixel each), where Pillow walks each row scalar.
 
 Bit-exactness rests on repeating libImaging/Resample.c step by step:
 
@@ -38,9 +38,9 @@ _HALF = np.int32(1 << (PRECISION_BITS - 1))
 
 @nb.njit(cache=True)
 def coefficients(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(first, count, weights) of each output pixel of a resize from ``in_size`` to
-    ``out_size`` along one axis: output pixel ``i`` is ``sum(weights[i, k] * in[first[i] +
-    k] for k < count[i])`` in 22-bit fixed point. Returned as (bounds[out, 2], weights)."""
+    """``(bounds, weights)`` of a resize from ``in_size`` to ``out_size`` along one axis, with
+    ``first, count = bounds[i]``: output pixel ``i`` is ``sum(weights[i, k] * in[first + k]
+    for k < count)`` in 22-bit fixed point."""
     scale = float(in_size) / out_size
     filterscale = scale if scale > 1.0 else 1.0
     support = filterscale  # the bilinear filter's support is 1
