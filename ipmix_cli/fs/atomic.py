@@ -45,16 +45,19 @@ def write_error(path: Path, error: OSError) -> OutputError:
     return OutputError(path, f"cannot write ({error.strerror or error})")
 
 
-def write_new_file(path: Path, data: bytes | memoryview) -> None:
+def write_new_file(path: Path, data: bytes | memoryview, fsync: bool = False) -> None:
     """Create ``path`` (a temporary name) holding ``data``, with plain system calls: a full disk
     is then an ``OSError`` raised here, never a failure inside a library's own writer (HDF5's
-    leaves objects that crash the interpreter when they are freed)."""
+    leaves objects that crash the interpreter when they are freed). ``fsync``: make it durable
+    through the same descriptor (one open instead of a second one in :func:`fsync_path`)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
     try:
         view = memoryview(data).cast("B")
         while view:
             written = os.write(fd, view)
             view = view[written:]
+        if fsync:
+            os.fsync(fd)
     except BaseException:
         os.close(fd)
         with contextlib.suppress(FileNotFoundError):
@@ -154,11 +157,12 @@ class StagedFile:
             self.tmp.unlink()
 
 
-def stage_bytes(final: Path, data: bytes | memoryview) -> StagedFile:
-    """Write ``data`` under a temporary name beside ``final``; commit it later."""
+def stage_bytes(final: Path, data: bytes | memoryview, durable: bool = False) -> StagedFile:
+    """Write ``data`` under a temporary name beside ``final``; commit it later. ``durable``:
+    fsync it already (the caller then renames it without :meth:`StagedFile.commit`)."""
     tmp = temporary_sibling(final)
     try:
-        write_new_file(tmp, data)
+        write_new_file(tmp, data, fsync=durable)
     except OSError as error:
         raise write_error(final, error) from None
     return StagedFile(tmp, final)

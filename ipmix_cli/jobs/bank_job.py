@@ -8,7 +8,6 @@ workers. The bank's own layout is ``ipmix_cli.bank.format``.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -41,7 +40,6 @@ from ipmix_cli.fs.atomic import (
     fsync_path,
     remove_stale_temporaries,
     stage_bytes,
-    temporary_sibling,
     write_bytes_atomic,
     write_error,
 )
@@ -150,24 +148,7 @@ class _Payload:
 
     def stage_durable(self) -> StagedFile:
         """:meth:`stage` and fsync through the same descriptor (one open, not two)."""
-        tmp = temporary_sibling(self.final)
-        try:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-            fd = os.open(tmp, flags, 0o644)
-            try:
-                view = memoryview(self.data).cast("B")
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        except BaseException as error:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            if isinstance(error, OSError):
-                raise write_error(self.final, error) from None
-            raise
-        return StagedFile(tmp, self.final)
+        return stage_bytes(self.final, self.data, durable=True)
 
 
 _ChunkFiles = tuple[int, list[StagedFile] | list[_Payload]]
@@ -421,7 +402,8 @@ def _generate(
     started = time.perf_counter()
     reuse = _prepare_folder(spec, overwrite=overwrite, resume=resume)
     parent_pid = os.getpid() if backend == "loky" else None
-    here = backend == "threads" or resolve_jobs(jobs) == 1 and backend != "dask"
+    one_job = resolve_jobs(jobs) == 1
+    here = backend == "threads" or one_job and backend != "dask"
     todo: list[_Chunk] = []
     reused = 0
     for chunk, (start, stop) in enumerate(chunk_ranges(spec.count)):
@@ -431,7 +413,7 @@ def _generate(
             todo.append(_Chunk(spec, chunk, start, stop, parent_pid, stage=not here))
     if on_progress and reused:
         on_progress(reused)
-    if here and resolve_jobs(jobs) == 1:
+    if here and one_job:
         results = _render_pipelined(todo)
     else:
         results = run_unordered(_render_chunk, todo, jobs=jobs, backend=backend)
