@@ -25,6 +25,7 @@ __all__ = [
     "DaskError",
     "DecodeError",
     "DiskFullError",
+    "RemoteError",
     "IpmixError",
     "OutputError",
     "ShardError",
@@ -45,6 +46,15 @@ def one_line(text: object, limit: int = 300) -> str:
     return s
 
 
+def _location(path: object) -> str | None:
+    """A path as it is shown: an ``s3://`` URL must not go through ``Path``, which would
+    collapse its double slash."""
+    if path is None:
+        return None
+    text = str(path)
+    return text if "://" in text else str(Path(text))
+
+
 class IpmixError(Exception):
     """Base class: a problem the user can fix, usually with a named file or folder.
 
@@ -59,7 +69,7 @@ class IpmixError(Exception):
     def __init__(self, *args: object) -> None:
         if len(args) == 2:
             path, problem = args
-            self.path: str | None = None if path is None else str(Path(path))  # type: ignore[arg-type]
+            self.path: str | None = _location(path)
             self.problem = one_line(problem)
         elif len(args) == 1:
             self.path = None
@@ -99,6 +109,12 @@ class OutputError(IpmixError):
 class DiskFullError(OutputError):
     """The file system ran out of space (or quota) while ipmix was writing. A job catches it
     and adds what is kept and how to continue."""
+
+
+class RemoteError(OutputError):
+    """An object in a bucket cannot be written or read: no credentials, the store cannot be
+    reached (after bounded retries), a missing bucket or object, a denied request, or an object
+    whose bytes are not what the entry file records. The path is the object's ``s3://`` URL."""
 
 
 class AugmentError(IpmixError):
