@@ -13,6 +13,25 @@ import click
 from ipmix_cli.errors import IpmixError, one_line
 from ipmix_cli.ui.help_text import EPILOGS, QUIET, SHARD_SIZE, preset_default
 
+
+class Location(click.ParamType):
+    """A local path or an ``s3://bucket/key`` URL (``click.Path`` would mangle the URL)."""
+
+    name = "path or s3://"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        from ipmix_cli.remote.url import parse_location
+
+        if not isinstance(value, str):
+            return value
+        try:
+            return parse_location(value)
+        except IpmixError as error:
+            self.fail(error.problem, param, ctx)
+
+
+LOCATION = Location()
+
 RUN_OPTIONS = (
     "jobs",
     "backend",
@@ -449,7 +468,10 @@ def input_and_run_options(command: Callable[..., Any]) -> Callable[..., Any]:
     help="Folder of pictures (e.g. a fractal bank) or an HDF5 bank.",
 )
 @click.option(
-    "--out", required=True, type=click.Path(path_type=Path), help="Entry file, e.g. data.h5."
+    "--out",
+    required=True,
+    type=LOCATION,
+    help="Entry file, e.g. data.h5, or an object: s3://bucket/prefix/data.h5.",
 )
 @click.option(
     "--copies",
@@ -578,7 +600,10 @@ def augment(**opts: Any) -> None:
     help="Data set: image folder (ROOT/CLASS/IMAGE), CIFAR pickles, .npz, .npy or HDF5.",
 )
 @click.option(
-    "--out", required=True, type=click.Path(path_type=Path), help="Entry file, e.g. val.h5."
+    "--out",
+    required=True,
+    type=LOCATION,
+    help="Entry file, e.g. val.h5, or an object: s3://bucket/prefix/val.h5.",
 )
 @click.option(
     "--preset",

@@ -20,6 +20,8 @@ from ipmix_cli.jobs.augment_job import preflight, run_augment
 from ipmix_cli.jobs.augment_spec import AugmentSpec
 from ipmix_cli.jobs.estimate import estimate_output, free_bytes
 from ipmix_cli.jobs.parallel import backend_session, resolve_backend
+from ipmix_cli.jobs.remote_output import output_for
+from ipmix_cli.remote.url import ObjectURL
 from ipmix_cli.ui.progress import LazyBar
 from ipmix_cli.ui.words import count, human_bytes
 
@@ -27,7 +29,7 @@ from ipmix_cli.ui.words import count, human_bytes
 def augment_spec(
     input_path: Path,
     mixing_set: Path,
-    out: Path,
+    out: Path | ObjectURL,
     copies: int = 1,
     preset: str = "cifar",
     size: tuple[int, int] | None = None,
@@ -93,7 +95,7 @@ def augment_spec(
 
 def export_spec(
     input_path: Path,
-    out: Path,
+    out: Path | ObjectURL,
     preset: str = "imagenet",
     size: tuple[int, int] | None = None,
     resize_side: int | None = None,
@@ -173,7 +175,7 @@ def _dry_run(spec: AugmentSpec, jobs: int, backend: str, quiet: bool = False) ->
     )  # fmt: skip
     fixed = startup + preparing + estimate.warmup
     estimate = dataclasses.replace(estimate, seconds=(estimate.seconds or 0.0) + fixed)
-    folder, free = free_bytes(spec.out)
+    folder, free = free_bytes(output_for(spec.out).entry)  # an s3:// output stages here
     if spec.clean:
         recipe = f"clean export (resize, centre crop), {spec.codec}"
     else:

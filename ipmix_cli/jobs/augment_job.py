@@ -35,20 +35,16 @@ from ipmix_cli.fs.atomic import (
     write_bytes_atomic,
     write_error,
 )
-from ipmix_cli.fs.tree import remove_tree
 from ipmix_cli.jobs.augment_output import AugmentOutput, State
 from ipmix_cli.jobs.augment_spec import AugmentSpec, AugmentSummary
 from ipmix_cli.jobs.augment_tasks import ShardTask, commit_all, compute_shards
-from ipmix_cli.jobs.estimate import check_space, estimate_output
+from ipmix_cli.jobs.estimate import estimate_output
 from ipmix_cli.jobs.parallel import run_unordered
+from ipmix_cli.jobs.remote_output import RemoteAugmentOutput, output_for
 from ipmix_cli.shards import (
-    ShardInfo,
-    read_shard_info,
     shard_filename,
-    shard_is_valid,
-    write_entry,
 )
-from ipmix_cli.shards.layout import shard_relpath, shard_subfolders
+from ipmix_cli.shards.layout import shard_subfolders
 from ipmix_cli.sources import Source, open_mixing_set, open_source
 from ipmix_cli.sources.base import Progress
 from ipmix_cli.sources.class_map import read_class_map
@@ -177,7 +173,7 @@ def preflight(
     """Every check the job can make before it starts, in the order of their cost; ``--dry-run``
     runs exactly this. Nothing is written."""
     spec.validate()
-    output = AugmentOutput(spec.out)
+    output = output_for(spec.out)
     output.check_names()
     output.check_apart_from([spec.input, None if spec.clean else spec.mixing_set, spec.labels_path])
     source, pictures = open_inputs(spec, jobs=jobs, progress=progress, exclude=exclude)
@@ -259,7 +255,7 @@ def run_augment(
         plan = preflight(spec, jobs=jobs, progress=scan)
         if warm and folder:
             warming = _start_warmup(spec.config)
-        output = AugmentOutput(spec.out)
+        output = output_for(spec.out)
         with output.lock():
             run = functools.partial(
                 _run,
@@ -324,7 +320,7 @@ def _attempt(
 def _run(
     plan: AugmentPlan,
     *,
-    output: AugmentOutput,
+    output: AugmentOutput | RemoteAugmentOutput,
     jobs: int,
     overwrite: bool,
     resume: bool,
@@ -340,10 +336,10 @@ def _run(
         _remove_temporaries(folder)
         remove_stale_temporaries(output.work)
     try:
-        output.work.mkdir(exist_ok=True)
+        output.work.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise write_error(output.work, error) from None
-    write_bytes_atomic(output.job_file, json.dumps(plan.identity, sort_keys=True).encode())
+    output.record_job(json.dumps(plan.identity, sort_keys=True).encode())
     mixing = None if spec.clean else MixingSet.from_pictures(plan.pictures, spec.config)
     mixing_file = output.work / MIXING_FILE
     if mixing is not None:
@@ -354,43 +350,40 @@ def _run(
             raise write_error(mixing_file, error) from None
     source_file = output.work / SOURCE_FILE
     write_bytes_atomic(source_file, pickle.dumps(source, protocol=pickle.HIGHEST_PROTOCOL))
+    # Remote workers (dask on other hosts) fetch the work files from the bucket.
+    source_ref, mixing_ref = output.work_refs(source_file, mixing_file, backend)
 
     n_sources = len(source)
     ranges = plan_shards(n_sources, spec.copies, plan.rows_per_shard)
     num_shards = len(ranges)
     per_copy = num_shards // spec.copies
     parent_pid = os.getpid() if backend == "loky" else None
-    infos: dict[int, ShardInfo] = {}
+    infos = output.existing_shards(ranges, num_shards, job_hash) if reuse else {}
     todo: dict[int, list[tuple[int, int, int]]] = {}  # source range -> its shards to make
     for index, (start, stop) in enumerate(ranges):
-        path = folder / shard_filename(index, num_shards)
-        expected = {"count": stop - start, "index": index, "attrs": {"job": job_hash}}
-        if reuse and shard_is_valid(path, expected):
-            infos[index] = read_shard_info(path)
-        else:
+        if index not in infos:
             todo.setdefault(index % per_copy, []).append((index, start, stop))
+    work_spec = output.worker_spec(spec)
     tasks = [
         ShardTask(
             tuple(shards),
             n_sources,
-            source_file,
-            mixing_file,
-            spec,
+            source_ref,
+            mixing_ref,
+            work_spec,
             job_hash,
             parent_pid,
             num_shards,
+            upload_in_worker=backend == "dask",
         )
         for _, shards in sorted(todo.items())
     ]
-    wanted = {shard_filename(i, num_shards) for i in range(num_shards)}
-    for stale in output.finished_shards():
-        if shard_relpath(stale) not in wanted:
-            stale.unlink()
+    output.remove_unwanted({shard_filename(i, num_shards) for i in range(num_shards)})
     if space_check:
         missing = [shard for task in tasks for shard in task.shards]
         rows = sum(stop - start for _, start, stop in missing)
         need = estimate_output(spec, source, mixing, rows, len(missing), timed=False).bytes
-        check_space(spec.out, need)
+        output.check_space(need, len(missing), resolve_jobs(jobs))
     infos_reused = set(infos)
     reused_rows = sum(info.count for info in infos.values())
     if on_start:
@@ -425,15 +418,7 @@ def _run(
         "class_labels": source.class_labels,
         "job": job_hash,
     }
-    write_entry(  # every shard was just committed or deep-checked: no need to re-read them
-        spec.out,
-        [infos[i] for i in range(len(ranges))],
-        about,
-        class_names=source.class_names,
-        check_shards=False,
-    )
-    remove_tree(output.work)
-    size = spec.out.stat().st_size + sum(p.stat().st_size for p in output.finished_shards())
+    size = output.publish([infos[i] for i in range(len(ranges))], about, source.class_names)
     return AugmentSummary(
         out=spec.out,
         images=plan.rows,

@@ -17,15 +17,29 @@ import contextlib
 import enum
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ipmix_cli.errors import AugmentError, OutputError, ShardError
+from ipmix_cli.fs.atomic import write_bytes_atomic
 from ipmix_cli.fs.lock import exclusive_lock
 from ipmix_cli.fs.tree import nearest_existing, remove_tree
-from ipmix_cli.shards import Manifest, read_manifest, read_shard_info, shard_dir
-from ipmix_cli.shards.layout import LOCK_FILE, shard_files_in
+from ipmix_cli.jobs.estimate import check_space
+from ipmix_cli.shards import (
+    Manifest,
+    ShardInfo,
+    read_manifest,
+    read_shard_info,
+    shard_dir,
+    shard_filename,
+    shard_is_valid,
+    write_entry,
+)
+from ipmix_cli.shards.layout import LOCK_FILE, shard_files_in, shard_relpath
+
+if TYPE_CHECKING:
+    from ipmix_cli.jobs.augment_spec import AugmentSpec
 
 WORK_DIR = ".work"
 JOB_FILE = "job.json"
@@ -172,6 +186,51 @@ class AugmentOutput:
         """After a failure that committed no shard: leave no trace of this attempt."""
         if not self.entry.exists() and not self.finished_shards():
             remove_tree(self.folder)
+
+    # -- the job's steps that depend on where the output lives --------------------------------
+    def record_job(self, identity: bytes) -> None:
+        """Keep the job's identity beside its shards, for a later ``--resume`` to compare."""
+        write_bytes_atomic(self.job_file, identity)
+
+    def work_refs(self, source_file: Path, mixing_file: Path, backend: str) -> tuple[Any, Any]:
+        """Where workers find the job's source and mixing set: here, the work folder itself
+        (a dask cluster must share this file system)."""
+        return source_file, mixing_file
+
+    def worker_spec(self, spec: AugmentSpec) -> AugmentSpec:
+        """The spec workers write from: this output's own."""
+        return spec
+
+    def existing_shards(
+        self, ranges: Sequence[tuple[int, int]], num_shards: int, job_hash: str
+    ) -> dict[int, ShardInfo]:
+        """The shards already here that a resume keeps: this job's, complete, re-hashed."""
+        found = {}
+        for index, (start, stop) in enumerate(ranges):
+            path = self.folder / shard_filename(index, num_shards)
+            expected = {"count": stop - start, "index": index, "attrs": {"job": job_hash}}
+            if shard_is_valid(path, expected):
+                found[index] = read_shard_info(path)
+        return found
+
+    def remove_unwanted(self, wanted: set[str]) -> None:
+        """Drop finished shards that are not part of this job's plan."""
+        for stale in self.finished_shards():
+            if shard_relpath(stale) not in wanted:
+                stale.unlink()
+
+    def check_space(self, need: int, shards: int, workers: int) -> None:
+        """Refuse to start when the shards still to make cannot fit where they go."""
+        check_space(self.entry, need)
+
+    def publish(
+        self, infos: Sequence[ShardInfo], about: Mapping[str, Any], class_names: Sequence[str]
+    ) -> int:
+        """Write the entry file joining ``infos`` (each just committed or deep-checked, so not
+        re-read), drop the work folder; return the output's size in bytes."""
+        write_entry(self.entry, infos, about, class_names=class_names, check_shards=False)
+        remove_tree(self.work)
+        return self.entry.stat().st_size + sum(p.stat().st_size for p in self.finished_shards())
 
     def _recorded_identity(self) -> dict[str, Any] | None:
         if not self.job_file.exists():

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ipmix_cli.augment.config import IPMixConfig
 from ipmix_cli.errors import AugmentError
+from ipmix_cli.remote.url import ObjectURL
 from ipmix_cli.ui.words import count, human_bytes, plural
 
 __all__ = ["AugmentSpec", "AugmentSummary", "human_bytes", "plural"]
@@ -35,7 +36,8 @@ class AugmentSpec:
 
     input: Path
     mixing_set: Path
-    out: Path
+    out: Path | ObjectURL
+    """The entry file, or an ``s3://`` entry object (see :mod:`ipmix_cli.jobs.remote_output`)."""
     config: IPMixConfig
     copies: int = 1
     seed: int = 0
@@ -55,6 +57,9 @@ class AugmentSpec:
     """``--classes FILE``: the class folders of a folder input, in label order."""
     clean: bool = False
     """The clean export (``ipmix export``): resize and centre crop, no augmentation."""
+    remote: ObjectURL | None = None
+    """Set in the spec workers get for an ``s3://`` output: ``out`` is then the local staging
+    entry and each shard, once written there, is uploaded under this entry object."""
 
     def rows_per_shard(self, n_sources: int) -> int:
         """Rows per shard: the explicit ``shard_size``, else ``shard_bytes`` of raw images,
@@ -143,7 +148,7 @@ class AugmentSpec:
 
 @dataclass
 class AugmentSummary:
-    out: Path
+    out: Path | ObjectURL
     images: int
     shards: int
     computed_shards: int

@@ -9,6 +9,7 @@ disk catches up.
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 import threading
@@ -26,6 +27,9 @@ from ipmix_cli.augment.mixing_set import MixingSet
 from ipmix_cli.errors import AugmentError
 from ipmix_cli.jobs.augment_spec import AugmentSpec
 from ipmix_cli.jobs.orphans import die_with_parent
+from ipmix_cli.remote.store import ObjectStore
+from ipmix_cli.remote.upload import PendingUpload, UploadedShard, stage_root
+from ipmix_cli.remote.url import ObjectURL, shards_prefix
 from ipmix_cli.shards import PendingShard, ShardInfo, copy_and_source, shard_dir, shard_filename
 from ipmix_cli.shards.write import write_shard_pending
 from ipmix_cli.sources import Source
@@ -44,33 +48,45 @@ class ShardTask:
     shards: tuple[tuple[int, int, int], ...]
     """``(index, first row, end row)`` of each shard; every one covers the same sources."""
     n_sources: int
-    source_file: Path
-    mixing_file: Path
+    source_file: Path | ObjectURL
+    mixing_file: Path | ObjectURL
+    """The work files: local paths, or objects in the output's bucket for dask workers that
+    may not see the job's disk."""
     spec: AugmentSpec
     job_hash: str
     parent_pid: int | None = None
     """The pid of the job's process when this task runs in a local worker process."""
     num_shards: int = 1
+    upload_in_worker: bool = False
+    """For an ``s3://`` output: the worker stages each shard on its own disk (its
+    ``IPMIX_STAGE_DIR``) and uploads it itself (dask: the job's process cannot see a file
+    staged on another host) rather than the job's commit thread."""
+
+
+def _work_bytes(path: Path | ObjectURL) -> bytes:
+    """A work file's bytes, from the job's folder or from the output's bucket."""
+    if isinstance(path, ObjectURL):
+        return ObjectStore(path.bucket).get_bytes(path.key)
+    return Path(path).read_bytes()
 
 
 @lru_cache(maxsize=2)
-def _load_mixing(path: Path, config_json: str, job_hash: str) -> MixingSet:
+def _load_mixing(path: Path | ObjectURL, config_json: str, job_hash: str) -> MixingSet:
     """Each worker process loads the prepared mixing set once, not once per shard. The job hash
     is part of the key because dask workers outlive jobs: a later job writing the same path
     with another mixing set must not get this one."""
     config = IPMixConfig.from_dict(json.loads(config_json))
-    with np.load(path) as data:
+    with np.load(io.BytesIO(_work_bytes(path))) as data:
         return MixingSet(data["pictures"], data["shapes"], config.size, config.mixing_side)
 
 
 @lru_cache(maxsize=1)
-def _load_source(path: Path, job_hash: str) -> Source:
+def _load_source(path: Path | ObjectURL, job_hash: str) -> Source:
     """Each worker process unpickles the source once (it reopens its files lazily); keyed by
     job hash like :func:`_load_mixing`. The file is the job's own, written by the parent. One
     entry only: a source caches what it reads (a whole .npz, say), and a long-lived worker
     should not keep the previous job's copy."""
-    with open(path, "rb") as handle:
-        return pickle.load(handle)
+    return pickle.loads(_work_bytes(path))
 
 
 DECODE_BATCH = 64  # sources decoded at a time within a task: bounds the memory of originals
@@ -115,7 +131,7 @@ def augment_rows(
     return arrays
 
 
-def compute_shards(task: ShardTask) -> list[PendingShard]:
+def compute_shards(task: ShardTask) -> list[PendingShard | PendingUpload | UploadedShard]:
     """Worker side: augment the task's shards and write each under a temporary name; the
     parent commits them (:func:`commit_all`). Images are decoded ``DECODE_BATCH`` at a time,
     once for all the copies."""
@@ -135,28 +151,33 @@ def compute_shards(task: ShardTask) -> list[PendingShard]:
         for k, (_, start, _) in enumerate(task.shards):
             rows = start - first + sources  # the same sources, copy start // n
             parts[k].append(augment_rows(spec, rows, n, source, mixing, images))
-    pending = []
+    pending: list[PendingShard | PendingUpload | UploadedShard] = []
     for (index, _, _), chunks in zip(task.shards, parts, strict=True):
         arrays = {key: np.concatenate([c[key] for c in chunks]) for key in chunks[0]}
         name = shard_filename(index, task.num_shards)
-        pending.append(
-            write_shard_pending(
-                shard_dir(spec.out) / name,
-                arrays,
-                attrs={"job": task.job_hash},
-                index=index,
-                compression=spec.compression,
-                codec=spec.codec,
-                quality=spec.quality,
-                file_name=name,
-            )
+        folder = stage_root() / task.job_hash if task.upload_in_worker else shard_dir(spec.out)
+        shard = write_shard_pending(
+            folder / name,
+            arrays,
+            attrs={"job": task.job_hash},
+            index=index,
+            compression=spec.compression,
+            codec=spec.codec,
+            quality=spec.quality,
+            file_name=name,
         )
         chunks.clear()  # the raw rows of this copy are in the staged file now
+        if spec.remote is not None:
+            upload = PendingUpload(shard.staged, shard.info, shards_prefix(spec.remote).child(name))
+            pending.append(upload.upload() if task.upload_in_worker else upload)
+        else:
+            pending.append(shard)
     return pending
 
 
 def commit_all(
-    pending: Iterator[list[PendingShard]], on_progress: Callable[[int], None] | None
+    pending: Iterator[list[PendingShard | PendingUpload | UploadedShard]],
+    on_progress: Callable[[int], None] | None,
 ) -> list[ShardInfo]:
     """Commit each shard a worker hands back (fsync, rename) on a thread of this process, so
     that the workers compute while the disk catches up; return their infos once all are
@@ -166,7 +187,7 @@ def commit_all(
     yet started are dropped with their temporary files: a shard exists under its final name
     only once it is complete and on disk.
     """
-    commits: list[tuple[Future[ShardInfo], PendingShard]] = []
+    commits: list[tuple[Future[ShardInfo], PendingShard | PendingUpload | UploadedShard]] = []
     with ThreadPoolExecutor(1, thread_name_prefix="ipmix-commit") as committer:
         try:
             for shards in pending:

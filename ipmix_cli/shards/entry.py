@@ -67,6 +67,7 @@ def write_entry(
     *,
     class_names: Sequence[str] | None = None,
     check_shards: bool = True,
+    sizes: Sequence[int] | None = None,
 ) -> Manifest:
     """Write the entry file ``OUT.h5`` joining the shards in ``OUT.shards/``; return its
     :class:`~ipmix_cli.shards.manifest.Manifest`.
@@ -79,7 +80,8 @@ def write_entry(
     ``codec`` or ``quality`` in ``about`` that the shards contradict is an error, and a
     ``quality`` is only kept for JPEG outputs). The entry is written atomically.
     ``check_shards=False`` skips re-reading each shard's attributes, for a caller that has just
-    written (or deep-checked) them all; each shard's size is still taken from the disk.
+    written (or deep-checked) them all; each shard's size is still taken from the disk,
+    unless ``sizes`` gives them (in index order: shards that live in a bucket, not here).
     """
     entry = Path(entry_path)
     infos = sorted(
@@ -107,8 +109,13 @@ def write_entry(
             entry, f"the job says quality {about.get('quality')} but the shards hold {quality}"
         )
     folder = shard_dir(entry)
-    sizes = []
-    for s in infos:
+    if sizes is not None:
+        if len(sizes) != len(infos):
+            raise ShardError(entry, f"{len(sizes)} sizes given for {len(infos)} shards")
+        sizes, infos_to_check = [int(n) for n in sizes], []
+    else:
+        sizes, infos_to_check = [], infos
+    for s in infos_to_check:
         if check_shards:
             on_disk = read_shard_info(folder / s.file)  # exists, readable, an ipmix shard
             if (on_disk.count, on_disk.checksum) != (s.count, s.checksum):
