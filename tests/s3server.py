@@ -106,7 +106,9 @@ def start_server(folder: Path, port: int | None = None) -> S3Server:
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
                 server.stop()
-                raise RuntimeError(f"moto_server did not start: {log.read_text()[-2000:]}") from None
+                raise RuntimeError(
+                    f"moto_server did not start: {log.read_text()[-2000:]}"
+                ) from None
             time.sleep(0.1)
 
 
