@@ -124,8 +124,9 @@ def fractals() -> None:
     "--out",
     "out",
     required=True,
-    type=click.Path(path_type=Path),
-    help="Bank folder (PNG images in OUT/fractals/, or OUT/fractals.h5, plus a manifest).",
+    type=LOCATION,
+    help="Bank folder (PNG images in OUT/fractals/, or OUT/fractals.h5, plus a manifest); "
+    "with --format h5 also a bucket prefix, s3://bucket/prefix/bank.",
 )
 @click.option(
     "--count", default=1000, show_default=True, type=click.IntRange(min=1), help="Images."
@@ -464,8 +465,8 @@ def input_and_run_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.option(
     "--mixing-set",
     required=True,
-    type=click.Path(path_type=Path),
-    help="Folder of pictures (e.g. a fractal bank) or an HDF5 bank.",
+    type=LOCATION,
+    help="Folder of pictures (e.g. a fractal bank) or an HDF5 bank, local or s3://.",
 )
 @click.option(
     "--out",

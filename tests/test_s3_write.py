@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 from interrupts import random_npz
 from s3server import environment, s3  # noqa: F401 - the fixture
@@ -268,3 +270,37 @@ def test_dask_workers_upload_their_own_shards(bucket, bank, tmp_path):
     assert remote_files(bucket, "dask") == local_files(local)
     staged = [p for p in workers_stage.rglob("*") if p.is_file()]
     assert workers_stage.is_dir() and staged == []  # used, and nothing left behind
+
+
+def test_a_bank_goes_up_as_two_objects_and_serves_as_a_mixing_set(bucket, tmp_path):
+    """``fractals generate --format h5 --out s3://...``: the objects are the local bank's
+    files; ``augment --mixing-set s3://...`` then gives the pixels of the local bank."""
+    generate = ["fractals", "generate", "--count", 8, "--size", 48, "--points", 4000, "--quiet"]
+    h5 = [*generate, "--format", "h5"]
+    assert ipmix(*h5, "--out", tmp_path / "bank").returncode == 0
+    url = f"s3://{BUCKET}/banks/one"
+    result = ipmix(*h5, "--out", url, "--preview", tmp_path / "sheet.png")
+    assert result.returncode == 0, result.stderr
+    objects = remote_files(bucket, "banks/one")
+    assert objects == {
+        name: (tmp_path / "bank" / name).read_bytes() for name in ("fractals.h5", "manifest.json")
+    }
+    assert (tmp_path / "sheet.png").stat().st_size > 0
+    assert "--overwrite" in one_line_error(ipmix(*h5, "--out", url))
+    assert "--format h5" in one_line_error(ipmix(*generate, "--out", f"s3://{BUCKET}/banks/png"))
+    assert remote_files(bucket, "banks/png") == {}
+
+    data = random_npz(tmp_path / "data.npz", 60, seed=8)
+    outputs = {}
+    for name, mixing in (("local", tmp_path / "bank"), ("remote", url)):
+        out = tmp_path / f"{name}.h5"
+        args = ["augment", "--input", data, "--mixing-set", mixing, "--out", out, "--quiet"]
+        assert ipmix(*args).returncode == 0
+        with h5py.File(out, "r") as f:
+            outputs[name] = f["images"][()]
+    assert np.array_equal(outputs["local"], outputs["remote"])
+    missing = ["augment", "--input", data, "--out", tmp_path / "x.h5", "--quiet"]
+    line = one_line_error(ipmix(*missing, "--mixing-set", f"s3://{BUCKET}/banks/none"))
+    assert line.endswith(
+        f"s3://{BUCKET}/banks/none: no bank there (no fractals.h5 object under it)"
+    )

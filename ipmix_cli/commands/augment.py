@@ -28,7 +28,7 @@ from ipmix_cli.ui.words import count, human_bytes
 
 def augment_spec(
     input_path: Path,
-    mixing_set: Path,
+    mixing_set: Path | ObjectURL,
     out: Path | ObjectURL,
     copies: int = 1,
     preset: str = "cifar",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import click
@@ -16,6 +17,8 @@ from ipmix_cli.commands.heap import frozen_heap
 from ipmix_cli.errors import BankError, OutputError
 from ipmix_cli.jobs.bank_job import BankSpec, generate_bank
 from ipmix_cli.jobs.parallel import backend_session, resolve_backend
+from ipmix_cli.jobs.remote_bank import generate_remote_bank
+from ipmix_cli.remote.url import ObjectURL
 from ipmix_cli.ui.contact_sheet import save_png_atomic
 from ipmix_cli.ui.progress import LazyBar
 from ipmix_cli.ui.sheets import bank_sheet
@@ -25,7 +28,7 @@ PREVIEW_IMAGES = 64
 
 
 def bank_spec(
-    out: Path,
+    out: Path | ObjectURL,
     count: int = 1000,
     size: int = 256,
     points: int = 100_000,
@@ -86,20 +89,27 @@ def _generate_fractals(spec: BankSpec, run: RunOptions, preview: Path | None) ->
                 bar.start(spec.count)
             bar.update(n)
 
-        summary = generate_bank(
-            spec,
-            jobs=run.jobs,
-            overwrite=run.overwrite,
-            resume=run.resume,
-            on_progress=progress,
-            backend=backend,
-        )
-    size = spec.options.size
-    if preview is not None:
-        images = read_bank_images(spec.out, limit=PREVIEW_IMAGES)
-        save_png_atomic(bank_sheet(images, cell=min(size, 128)), preview)
+        options = {
+            "jobs": run.jobs,
+            "overwrite": run.overwrite,
+            "resume": run.resume,
+            "on_progress": progress,
+            "backend": backend,
+        }
+        if isinstance(spec.out, ObjectURL):  # rendered locally, previewed, then uploaded
+            sheet = None if preview is None else functools.partial(_save_preview, spec, preview)
+            summary = generate_remote_bank(spec, spec.out, preview=sheet, **options)
+        else:
+            summary = generate_bank(spec, **options)
+            if preview is not None:
+                _save_preview(spec, preview, spec.out)
     if not run.quiet:
-        click.echo(bank_line(summary, size, spec.image_format, preview))
+        click.echo(bank_line(summary, spec.options.size, spec.image_format, preview))
+
+
+def _save_preview(spec: BankSpec, preview: Path, bank: Path) -> None:
+    images = read_bank_images(bank, limit=PREVIEW_IMAGES)
+    save_png_atomic(bank_sheet(images, cell=min(spec.options.size, 128)), preview)
 
 
 def render_fractals(

@@ -40,7 +40,9 @@ from ipmix_cli.jobs.augment_spec import AugmentSpec, AugmentSummary
 from ipmix_cli.jobs.augment_tasks import ShardTask, commit_all, compute_shards
 from ipmix_cli.jobs.estimate import estimate_output
 from ipmix_cli.jobs.parallel import run_unordered
+from ipmix_cli.jobs.remote_bank import fetch_bank
 from ipmix_cli.jobs.remote_output import RemoteAugmentOutput, output_for
+from ipmix_cli.remote.url import ObjectURL
 from ipmix_cli.shards import (
     shard_filename,
 )
@@ -136,7 +138,10 @@ def open_inputs(
     )
     if len(source) == 0:
         raise AugmentError(f"{spec.input}: no readable images")
-    pictures = [] if spec.clean else open_mixing_set(spec.mixing_set)
+    mixing_path = spec.mixing_set
+    if isinstance(mixing_path, ObjectURL):  # a bank in a bucket: fetched once, then local
+        mixing_path = fetch_bank(mixing_path)
+    pictures = [] if spec.clean else open_mixing_set(mixing_path)
     return source, pictures
 
 
@@ -175,7 +180,8 @@ def preflight(
     spec.validate()
     output = output_for(spec.out)
     output.check_names()
-    output.check_apart_from([spec.input, None if spec.clean else spec.mixing_set, spec.labels_path])
+    local_mixing = None if spec.clean or isinstance(spec.mixing_set, ObjectURL) else spec.mixing_set
+    output.check_apart_from([spec.input, local_mixing, spec.labels_path])
     source, pictures = open_inputs(spec, jobs=jobs, progress=progress, exclude=exclude)
     spec.validate_size(len(source))
     config = spec.config

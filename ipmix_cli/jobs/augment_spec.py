@@ -35,7 +35,7 @@ class AugmentSpec:
     """Everything that determines the output bytes (worker count deliberately excluded)."""
 
     input: Path
-    mixing_set: Path
+    mixing_set: Path | ObjectURL
     out: Path | ObjectURL
     """The entry file, or an ``s3://`` entry object (see :mod:`ipmix_cli.jobs.remote_output`)."""
     config: IPMixConfig

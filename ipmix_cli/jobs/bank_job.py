@@ -67,6 +67,7 @@ class BankSpec:
     """Everything that determines a bank's bytes (worker count deliberately excluded)."""
 
     out: Path
+    """The bank's folder (``ipmix_cli.jobs.remote_bank`` stages an ``s3://`` bank in one)."""
     count: int
     seed: int
     options: FractalOptions
