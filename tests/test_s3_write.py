@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 import pytest
 from interrupts import random_npz
-from s3server import environment, s3  # noqa: F401 - the fixture
+from s3server import FlakyProxy, environment, s3  # noqa: F401 - the fixture
 
 from fractals import FractalOptions
 from ipmix_cli.jobs.bank_job import BankSpec, generate_bank
@@ -304,3 +304,57 @@ def test_a_bank_goes_up_as_two_objects_and_serves_as_a_mixing_set(bucket, tmp_pa
     assert line.endswith(
         f"s3://{BUCKET}/banks/none: no bank there (no fractals.h5 object under it)"
     )
+
+
+def test_a_dropped_connection_is_retried_then_reported(bucket, bank, tmp_path):
+    """Through a proxy that cuts every connection: a short outage mid-run is ridden out by the
+    bounded retries (the objects are those of a run with no outage); a lasting one stops the
+    run with one line naming an object, leaves no entry, and --resume then finishes it."""
+    data = random_npz(tmp_path / "data.npz", N_IMAGES, seed=9)
+    args = augment_args(data, bank, shard=25)
+    assert ipmix(*args, "--out", f"s3://{BUCKET}/calm/out.h5").returncode == 0
+    expected = remote_files(bucket, "calm")
+    proxy = FlakyProxy(bucket.port)
+    flaky = {"AWS_ENDPOINT_URL": proxy.endpoint, "IPMIX_S3_TRIES": "8", "IPMIX_S3_BACKOFF": "0.2"}
+    client = bucket.client()
+
+    def start(prefix: str, env: dict[str, str]) -> subprocess.Popen:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "ipmix_cli", *map(str, args), "--out", f"s3://{BUCKET}/{prefix}/out.h5"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **env},
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and process.poll() is None:
+            if client.list_objects_v2(Bucket=BUCKET, Prefix=f"{prefix}/out.shards/shard-").get(
+                "KeyCount", 0
+            ):
+                break
+            time.sleep(0.005)
+        assert process.poll() is None, "the run ended before the link could be cut"
+        return process
+
+    try:
+        process = start("outage", flaky)
+        proxy.cut()
+        time.sleep(0.6)
+        proxy.mend()
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == 0, stderr
+        assert remote_files(bucket, "outage") == expected
+
+        process = start("lasting", {**flaky, "IPMIX_S3_TRIES": "3", "IPMIX_S3_BACKOFF": "0.05"})
+        proxy.cut()
+        _, stderr = process.communicate(timeout=120)
+        proxy.mend()
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        assert process.returncode != 0 and len(lines) == 1 and "Traceback" not in stderr, stderr
+        assert f"s3://{BUCKET}/lasting/out" in lines[0], lines[0]
+        assert f"cannot reach the object store at {proxy.endpoint} after 3 tries" in lines[0]
+        left = remote_files(bucket, "lasting")
+        assert "out.h5" not in left and left, left
+        resumed = ipmix(*args, "--out", f"s3://{BUCKET}/lasting/out.h5", "--resume")
+        assert resumed.returncode == 0, resumed.stderr
+        assert remote_files(bucket, "lasting") == expected
+    finally:
+        proxy.close()

@@ -84,8 +84,22 @@ def filesystem() -> Any:
                 },
             )
             fs.retries = 1  # s3fs's own ladder off: ours retries whole objects
+            fs.loop.set_exception_handler(_quiet_abandoned_requests)
             _STORES[key] = fs
         return fs
+
+
+def _quiet_abandoned_requests(loop: Any, context: dict[str, Any]) -> None:
+    """When a connection drops, aiohttp leaves the request's body-writing task with its own
+    copy of the error, which asyncio prints as a multi-line "Task exception was never
+    retrieved" on stderr. The failure itself reaches us through the request (and becomes one
+    line); only these orphaned copies are dropped, anything else goes to asyncio's handler."""
+    error = context.get("exception")
+    if isinstance(error, (ConnectionError, OSError, TimeoutError)) or (
+        error is not None and type(error).__module__.startswith("aiohttp")
+    ):
+        return
+    loop.default_exception_handler(context)
 
 
 def _endpoint() -> str:
