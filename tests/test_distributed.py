@@ -101,8 +101,9 @@ def start_cluster(folder: Path, n_workers: int = 2) -> Cluster:
                     *("--local-directory", str(folder / f"w{i}")),
                 )
             )
-        with distributed.Client(cluster.address, set_as_default=False, timeout=STARTUP_S) as c:
-            c.wait_for_workers(n_workers, timeout=STARTUP_S)
+        if n_workers:  # (0: the caller starts workers of its own)
+            with distributed.Client(cluster.address, set_as_default=False, timeout=STARTUP_S) as c:
+                c.wait_for_workers(n_workers, timeout=STARTUP_S)
     except BaseException:
         cluster.stop()
         raise

@@ -249,23 +249,56 @@ def test_dry_run_checks_the_bucket_and_writes_nothing(bucket, bank, tmp_path):
 
 
 def test_dask_workers_upload_their_own_shards(bucket, bank, tmp_path):
-    """``--backend dask`` with two real worker processes whose staging folder is their own:
-    each worker stages and uploads the shards it makes and reads the job's work files from
-    the bucket; the objects are the local run's byte for byte."""
+    """``--backend dask`` with two real worker processes that cannot see the job's staging
+    folder (each runs in a mount namespace with a tmpfs over it, as on another host) and
+    stage on a disk of their own: they must read the job's work files from the bucket and
+    upload the shards they make. The objects are the local run's byte for byte."""
     pytest.importorskip("distributed")
     from test_distributed import start_cluster
 
     data = random_npz(tmp_path / "data.npz", N_IMAGES, seed=7)
     local = tmp_path / "local" / "out.h5"
     assert ipmix(*augment_args(data, bank), "--out", local).returncode == 0
+    job_stage = Path(os.environ["IPMIX_STAGE_DIR"])
+    hidden = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         f"mount -t tmpfs none {job_stage} && ls -A {job_stage}"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if hidden.returncode != 0:
+        pytest.skip(f"no mount namespaces here: {hidden.stderr.strip()}")
+    cluster = start_cluster(tmp_path / "cluster", n_workers=0)
     workers_stage = tmp_path / "workers-stage"
-    with environment({"IPMIX_STAGE_DIR": str(workers_stage)}):
-        cluster = start_cluster(tmp_path / "cluster")
+    workers = []
     try:
+        for i in range(2):
+            log = open(tmp_path / f"worker{i}.log", "wb")  # noqa: SIM115 - as long as the worker
+            command = (
+                f"mount -t tmpfs none {job_stage} && exec {sys.executable} -m dask worker "
+                f"{cluster.address} --nworkers 1 --nthreads 1 --no-nanny --no-dashboard "
+                f"--host 127.0.0.1 --name w{i} --local-directory {tmp_path / f'w{i}'}"
+            )
+            workers.append(
+                subprocess.Popen(
+                    ["unshare", "--mount", "--propagation", "private", "sh", "-c", command],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env={**os.environ, "IPMIX_STAGE_DIR": str(workers_stage)},
+                )  # fmt: skip
+            )
+        import distributed
+
+        with distributed.Client(cluster.address, set_as_default=False, timeout=60) as client:
+            client.wait_for_workers(2, timeout=60)
         url = f"s3://{BUCKET}/dask/out.h5"
         result = ipmix(*augment_args(data, bank), "--out", url, "--scheduler", cluster.address)
-        assert result.returncode == 0, result.stderr + cluster.log_tail()
+        logs = "".join((tmp_path / f"worker{i}.log").read_text()[-1500:] for i in range(2))
+        assert result.returncode == 0, result.stderr + logs
     finally:
+        for worker in workers:
+            worker.terminate()
+        for worker in workers:
+            worker.wait(timeout=30)
         cluster.stop()
     assert remote_files(bucket, "dask") == local_files(local)
     staged = [p for p in workers_stage.rglob("*") if p.is_file()]
