@@ -175,7 +175,9 @@ def _dry_run(spec: AugmentSpec, jobs: int, backend: str, quiet: bool = False) ->
     )  # fmt: skip
     fixed = startup + preparing + estimate.warmup
     estimate = dataclasses.replace(estimate, seconds=(estimate.seconds or 0.0) + fixed)
-    folder, free = free_bytes(output_for(spec.out).entry)  # an s3:// output stages here
+    output = output_for(spec.out)  # an s3:// output stages its shards in flight here
+    local = output.local_need(estimate.bytes, plan.num_shards, resolve_jobs(jobs))
+    folder, free = free_bytes(output.entry)
     if spec.clean:
         recipe = f"clean export (resize, centre crop), {spec.codec}"
     else:
@@ -183,7 +185,9 @@ def _dry_run(spec: AugmentSpec, jobs: int, backend: str, quiet: bool = False) ->
         recipe += f", mixing set of {count(len(plan.pictures), 'picture')}, {spec.codec}"
     if spec.codec == "jpeg":
         recipe += f" q{spec.quality}"
-    fits = "fits" if estimate.bytes <= free else "DOES NOT FIT (the run would refuse to start)"
+    fits = "fits" if local <= free else "DOES NOT FIT (the run would refuse to start)"
+    if local < estimate.bytes:
+        fits = f"{human_bytes(local)} staged at a time, {fits}"
     click.echo(
         f"dry run: {count(len(plan.source), 'image')} ({plan.source.format}, "
         f"{count(len(plan.source.class_names), 'class')}) x {count(spec.copies, 'copy')} = "

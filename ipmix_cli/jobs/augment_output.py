@@ -219,9 +219,13 @@ class AugmentOutput:
             if shard_relpath(stale) not in wanted:
                 stale.unlink()
 
+    def local_need(self, need: int, shards: int, workers: int) -> int:
+        """Bytes this disk must hold for ``shards`` shards of ``need`` bytes in all: all."""
+        return need
+
     def check_space(self, need: int, shards: int, workers: int) -> None:
         """Refuse to start when the shards still to make cannot fit where they go."""
-        check_space(self.entry, need)
+        check_space(self.entry, self.local_need(need, shards, workers))
 
     def publish(
         self, infos: Sequence[ShardInfo], about: Mapping[str, Any], class_names: Sequence[str]

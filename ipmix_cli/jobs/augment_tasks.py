@@ -57,10 +57,9 @@ class ShardTask:
     parent_pid: int | None = None
     """The pid of the job's process when this task runs in a local worker process."""
     num_shards: int = 1
-    upload_in_worker: bool = False
-    """For an ``s3://`` output: the worker stages each shard on its own disk (its
-    ``IPMIX_STAGE_DIR``) and uploads it itself (dask: the job's process cannot see a file
-    staged on another host) rather than the job's commit thread."""
+    stage_on_worker: bool = False
+    """For an ``s3://`` output on dask: stage each shard on the worker's own disk (its
+    ``IPMIX_STAGE_DIR``), not in the job's staging folder, which another host cannot see."""
 
 
 def _work_bytes(path: Path | ObjectURL) -> bytes:
@@ -131,7 +130,7 @@ def augment_rows(
     return arrays
 
 
-def compute_shards(task: ShardTask) -> list[PendingShard | PendingUpload | UploadedShard]:
+def compute_shards(task: ShardTask) -> list[PendingShard | UploadedShard]:
     """Worker side: augment the task's shards and write each under a temporary name; the
     parent commits them (:func:`commit_all`). Images are decoded ``DECODE_BATCH`` at a time,
     once for all the copies."""
@@ -151,11 +150,11 @@ def compute_shards(task: ShardTask) -> list[PendingShard | PendingUpload | Uploa
         for k, (_, start, _) in enumerate(task.shards):
             rows = start - first + sources  # the same sources, copy start // n
             parts[k].append(augment_rows(spec, rows, n, source, mixing, images))
-    pending: list[PendingShard | PendingUpload | UploadedShard] = []
+    pending: list[PendingShard | UploadedShard] = []
     for (index, _, _), chunks in zip(task.shards, parts, strict=True):
         arrays = {key: np.concatenate([c[key] for c in chunks]) for key in chunks[0]}
         name = shard_filename(index, task.num_shards)
-        folder = stage_root() / task.job_hash if task.upload_in_worker else shard_dir(spec.out)
+        folder = stage_root() / task.job_hash if task.stage_on_worker else shard_dir(spec.out)
         shard = write_shard_pending(
             folder / name,
             arrays,
@@ -167,16 +166,16 @@ def compute_shards(task: ShardTask) -> list[PendingShard | PendingUpload | Uploa
             file_name=name,
         )
         chunks.clear()  # the raw rows of this copy are in the staged file now
-        if spec.remote is not None:
-            upload = PendingUpload(shard.staged, shard.info, shards_prefix(spec.remote).child(name))
-            pending.append(upload.upload() if task.upload_in_worker else upload)
+        if spec.remote is not None:  # the worker uploads: one staged shard per worker at most
+            url = shards_prefix(spec.remote).child(name)
+            pending.append(PendingUpload(shard.staged, shard.info, url).upload())
         else:
             pending.append(shard)
     return pending
 
 
 def commit_all(
-    pending: Iterator[list[PendingShard | PendingUpload | UploadedShard]],
+    pending: Iterator[list[PendingShard | UploadedShard]],
     on_progress: Callable[[int], None] | None,
 ) -> list[ShardInfo]:
     """Commit each shard a worker hands back (fsync, rename) on a thread of this process, so
@@ -187,7 +186,7 @@ def commit_all(
     yet started are dropped with their temporary files: a shard exists under its final name
     only once it is complete and on disk.
     """
-    commits: list[tuple[Future[ShardInfo], PendingShard | PendingUpload | UploadedShard]] = []
+    commits: list[tuple[Future[ShardInfo], PendingShard | UploadedShard]] = []
     with ThreadPoolExecutor(1, thread_name_prefix="ipmix-commit") as committer:
         try:
             for shards in pending:

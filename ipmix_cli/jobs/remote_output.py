@@ -34,7 +34,6 @@ from ipmix_cli.errors import AugmentError, OutputError, ShardError
 from ipmix_cli.fs.lock import exclusive_lock
 from ipmix_cli.fs.tree import remove_tree
 from ipmix_cli.jobs.augment_output import JOB_FILE, WORK_DIR, AugmentOutput, State
-from ipmix_cli.jobs.estimate import check_space
 from ipmix_cli.remote.store import ObjectStore
 from ipmix_cli.remote.upload import info_from_metadata, stage_root
 from ipmix_cli.remote.url import ObjectURL, shards_prefix
@@ -225,11 +224,10 @@ class RemoteAugmentOutput(AugmentOutput):
         stale = [n for n in self.shard_objects() if n not in wanted]
         self.store.delete(self.shards.child(n).key for n in stale)
 
-    def check_space(self, need: int, shards: int, workers: int) -> None:
-        """Only the shards in flight are on this disk at once: one per worker, one being
-        uploaded and one waiting, at most (the bucket's space is the provider's business)."""
-        per_shard = need // max(1, shards)
-        check_space(self.entry, min(need, per_shard * (workers + 2)))
+    def local_need(self, need: int, shards: int, workers: int) -> int:
+        """Only the shards in flight are on this disk at once: each worker uploads the shard
+        it wrote before it writes the next (the bucket's space is the provider's business)."""
+        return min(need, need // max(1, shards) * (workers + 1))
 
     def publish(
         self, infos: Sequence[ShardInfo], about: Mapping[str, Any], class_names: Sequence[str]

@@ -56,15 +56,15 @@ def info_from_metadata(metadata: Mapping[str, str]) -> tuple[ShardInfo, int] | N
 
 @dataclass(frozen=True)
 class PendingUpload:
-    """A complete shard under its local temporary name, to be uploaded to ``url``; the same
-    interface as :class:`~ipmix_cli.shards.PendingShard` (``info``, ``commit``, ``discard``),
-    so the job commits local and remote outputs alike. Small and picklable."""
+    """A complete shard under its local temporary name, to be uploaded to ``url`` by the
+    worker that wrote it (:meth:`upload`): a worker that waits for its upload before making
+    the next shard keeps at most one shard on the local disk, however slow the link."""
 
     staged: StagedFile
     info: ShardInfo
     url: ObjectURL
 
-    def commit(self) -> ShardInfo:
+    def upload(self) -> UploadedShard:
         """Upload the file as one object (S3 shows it only once complete), then drop the
         local copy; on any failure the local file goes and nothing is left under the key."""
         try:
@@ -74,19 +74,13 @@ class PendingUpload:
             )
         finally:
             self.staged.discard()
-        return self.info
-
-    def discard(self) -> None:
-        self.staged.discard()
-
-    def upload(self) -> UploadedShard:
-        """Upload now (a dask worker on another host, whose file the job's process cannot see)."""
-        return UploadedShard(self.commit())
+        return UploadedShard(self.info)
 
 
 @dataclass(frozen=True)
 class UploadedShard:
-    """A shard already up (uploaded by the worker that made it): committing it is a no-op."""
+    """A shard already up (uploaded by the worker that made it): to the job's commit loop,
+    which commits local shards, committing it is a no-op."""
 
     info: ShardInfo
 
