@@ -380,7 +380,7 @@ def _run(
             job_hash,
             parent_pid,
             num_shards,
-            stage_on_worker=backend == "dask",
+            stage_on_worker=backend == "dask" and isinstance(output, RemoteAugmentOutput),
         )
         for _, shards in sorted(todo.items())
     ]
