@@ -649,7 +649,7 @@ def export(**opts: Any) -> None:
 
 
 @main.command("inspect", epilog=EPILOGS["inspect"])
-@click.argument("entry", type=click.Path(path_type=Path))
+@click.argument("entry", type=LOCATION)
 @click.option("--json", "as_json", is_flag=True, help="Print the full record as JSON.")
 @friendly_errors
 def inspect_command(entry: Path, as_json: bool) -> None:
@@ -660,7 +660,7 @@ def inspect_command(entry: Path, as_json: bool) -> None:
 
 
 @main.command(epilog=EPILOGS["verify"])
-@click.argument("entry", type=click.Path(path_type=Path))
+@click.argument("entry", type=LOCATION)
 @click.option("--quick", is_flag=True, help="Skip re-hashing the data (structure only).")
 @click.option(
     "--jobs",
@@ -680,11 +680,11 @@ def verify(entry: Path, quick: bool, jobs: int, quiet: bool) -> None:
 
 
 @main.command(epilog=EPILOGS["preview"])
-@click.argument("target", type=click.Path(path_type=Path, exists=True))
+@click.argument("target", type=LOCATION)
 @click.option(
     "--out",
     required=True,
-    type=click.Path(path_type=Path),
+    type=LOCATION,
     help="Sheet to write: .png, or .jpg for a smaller file.",
 )
 @click.option(

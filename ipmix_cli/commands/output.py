@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import click
 import numpy as np
 
 from ipmix_cli.bank.format import MANIFEST, read_bank_images
-from ipmix_cli.errors import OutputError, ShardError
+from ipmix_cli.errors import IpmixError, OutputError, ShardError
+from ipmix_cli.remote.url import ObjectURL, is_remote
 from ipmix_cli.shards import check_output, inspect, verify
 from ipmix_cli.sources import open_mixing_set
 from ipmix_cli.ui.captions import augment_captions
@@ -20,9 +22,15 @@ from ipmix_cli.ui.words import count as count_of
 from ipmix_cli.ui.words import human_bytes
 
 
-def inspect_output(entry: Path, as_json: bool) -> None:
-    """``ipmix inspect``: a readable summary, or the full record as JSON."""
-    info = inspect(entry)
+def inspect_output(entry: Path | ObjectURL, as_json: bool) -> None:
+    """``ipmix inspect``: a readable summary, or the full record as JSON. An ``s3://`` entry
+    is downloaded alone: its shards' sizes come from one listing."""
+    if isinstance(entry, ObjectURL):
+        from ipmix_cli.remote.mirror import inspect_remote
+
+        info = inspect_remote(entry)
+    else:
+        info = inspect(entry)
     if as_json:
         click.echo(json.dumps(info, indent=2, sort_keys=True))
         return
@@ -52,10 +60,19 @@ def inspect_output(entry: Path, as_json: bool) -> None:
     )
 
 
-def verify_output(entry: Path, quick: bool, jobs: int = -1, quiet: bool = False) -> None:
+def verify_output(
+    entry: Path | ObjectURL, quick: bool, jobs: int = -1, quiet: bool = False
+) -> None:
     """``ipmix verify``: one line per fault and a non-zero exit if there is any. ``quiet``
-    drops the "ok" line and the fault list; the error line still names the first fault."""
-    report = verify(entry, deep=not quick, jobs=jobs)
+    drops the "ok" line and the fault list; the error line still names the first fault.
+    An ``s3://`` entry's quick check downloads no shard (one listing, one HEAD a shard); its
+    deep check downloads one shard at a time (a few ahead), deleting each once checked."""
+    if isinstance(entry, ObjectURL):
+        from ipmix_cli.remote.mirror import verify_remote
+
+        report = verify_remote(entry, deep=not quick, jobs=jobs)
+    else:
+        report = verify(entry, deep=not quick, jobs=jobs)
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
     if not quiet:
@@ -74,20 +91,27 @@ def _stored(info: dict) -> str:
     return f"jpeg q{info.get('quality')}" if codec == "jpeg" else codec
 
 
-def _augment_sheet(target: Path, count: int) -> tuple[list[np.ndarray], list[str], int, int]:
+def _augment_sheet(
+    target: Path, count: int, before_read: Callable[[Sequence[int]], None] | None = None
+) -> tuple[list[np.ndarray], list[str], int, int]:
     """The pictures and captions of an augment output's sheet, its columns and its group size
     (see :func:`~ipmix_cli.ui.sheets.plan_augment_sheet`). Captions come from the rows'
     stored ``source_index`` and ``copy_index``, not from the plan, so they say what the file
-    holds. Read through ``ShardReader``, which decodes JPEG and PNG rows as it does raw ones."""
+    holds. Read through ``ShardReader``, which decodes JPEG and PNG rows as it does raw ones.
+    ``before_read(rows)`` is called with the rows to be read before they are (an ``s3://``
+    output's mirror fetches their shards then)."""
     from ipmix_cli.readers import ShardReader
 
     with ShardReader(target) as probe:
         jsd, num_sources, copies = probe.mode == "jsd", probe.num_sources, probe.copies
     plan = plan_augment_sheet(num_sources, copies, count, jsd)
     views = ("clean", "images", "images2") if jsd else ("images",)
+    rows = plan.rows(num_sources)
+    if before_read is not None:
+        before_read(rows)
     with ShardReader(target, views=views, extras=("source_index", "copy_index")) as reader:
         names = reader.class_names
-        batch = reader.read(plan.rows(num_sources))
+        batch = reader.read(rows)
     per_source = len(plan.copies)
     pictures: list[np.ndarray] = []
     captions: list[str] = []
@@ -107,13 +131,30 @@ def _augment_sheet(target: Path, count: int) -> tuple[list[np.ndarray], list[str
 
 
 def preview_target(
-    target: Path, out: Path, count: int, overwrite: bool, quiet: bool = False
+    target: Path | ObjectURL,
+    out: Path | ObjectURL,
+    count: int,
+    overwrite: bool,
+    quiet: bool = False,
 ) -> None:
     """``ipmix preview``: contact sheet of an augment output (grouped by source, captioned with
-    source, class and copy) or of an image folder or bank (captioned with each index)."""
+    source, class and copy) or of an image folder or bank (captioned with each index). An
+    ``s3://`` output's entry is downloaded, then only the shards holding the sheet's rows; the
+    sheet itself is always a local file."""
+    if is_remote(out):
+        raise OutputError(str(out), "the sheet is written locally; give a local --out path")
+    if not is_remote(target) and not target.exists():
+        raise IpmixError(target, "does not exist")
     if out.exists() and not overwrite:
         raise OutputError(out, "exists; pass --overwrite to replace it")
-    if target.is_dir():
+    if isinstance(target, ObjectURL):
+        from ipmix_cli.remote.mirror import mirrored
+
+        with mirrored(target) as mirror:
+            fetch_rows = mirror.for_reading()
+            pictures, captions, columns, group = _augment_sheet(mirror.entry, count, fetch_rows)
+        sheet = contact_sheet(pictures, captions=captions, columns=columns, cell=128, group=group)
+    elif target.is_dir():
         if (target / MANIFEST).is_file():  # a bank: its own order, the indices render takes
             pictures = read_bank_images(target, limit=count)
         else:
