@@ -62,6 +62,7 @@ EPILOGS: dict[str, str] = {
         "ipmix fractals generate --out bank --count 1000 --size 256 --preview bank.jpg",
         "ipmix fractals generate --out bank-h5 --format h5 --count 20000 --jobs 8",
         "ipmix fractals generate --out bank --count 1000 --resume   # after a Ctrl-C",
+        "ipmix fractals generate --out s3://bucket/ipmix/bank --format h5 --count 20000",
     ),
     "render": examples(
         "ipmix fractals render bank --index 17 --index 42 --size 1024 --out big",
@@ -73,13 +74,20 @@ EPILOGS: dict[str, str] = {
         "    --preset imagenet --codec jpeg --shard-size 256MiB --jsd",
         "ipmix augment ... --dry-run        # check, estimate bytes and time, write nothing",
         "ipmix augment ... --resume         # finish an interrupted run",
+        "ipmix augment ... --out s3://bucket/ipmix/train.h5   # pip install 'ipmix[s3]'",
     ),
     "export": examples(
         "ipmix export --input imagenet/val --out val.h5 --codec jpeg",
         "ipmix export --input cifar10/ --split test --preset cifar --out test.h5",
     ),
-    "inspect": examples("ipmix inspect train.h5", "ipmix inspect train.h5 --json"),
-    "verify": examples("ipmix verify train.h5", "ipmix verify train.h5 --quick --jobs 8"),
+    "inspect": examples(
+        "ipmix inspect train.h5", "ipmix inspect s3://bucket/ipmix/train.h5 --json"
+    ),
+    "verify": examples(
+        "ipmix verify train.h5",
+        "ipmix verify train.h5 --quick --jobs 8",
+        "ipmix verify s3://bucket/ipmix/train.h5 --quick   # no shard downloaded",
+    ),
     "preview": examples(
         "ipmix preview train.h5 --out train.png",
         "ipmix preview bank --out bank.jpg --count 64",
