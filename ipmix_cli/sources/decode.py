@@ -19,6 +19,9 @@ the ways a picture can be stored are normalised here, once, with explicit rules:
 * 16-bit-per-channel colour files are delivered by Pillow as 8-bit RGB already (it keeps the high
   byte); that is a proper scale, not a clip, and is used as is.
 
+Plain RGB PNGs with unfiltered rows (what ipmix's banks are) are decoded without Pillow
+(:mod:`ipmix_cli.sources.plain_png`), to the same pixels.
+
 ``img.load()`` is always called, so a truncated file fails here, at decode time, with a one-line
 :class:`~ipmix_cli.errors.DecodeError` naming it. ``ImageFile.LOAD_TRUNCATED_IMAGES`` is never
 enabled: silently zero-filled pictures would poison a training set.
@@ -37,6 +40,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from ipmix_cli.errors import DecodeError
+from ipmix_cli.sources.plain_png import SIGNATURE, decode_plain_png
 
 __all__ = ["IMAGE_EXTENSIONS", "decode_image", "is_image_name", "to_rgb_array"]
 
@@ -107,6 +111,10 @@ def decode_image(src: ImageInput, *, name: str | None = None) -> np.ndarray:
         stream = src
     if data is not None and len(data) == 0:
         raise DecodeError(label, "empty file (0 bytes), not an image")
+    if data is not None and data.startswith(SIGNATURE):  # a bank's own PNGs skip Pillow
+        plain = decode_plain_png(data)
+        if plain is not None:
+            return plain
     try:
         with warnings.catch_warnings():
             # A bomb *warning* is only advisory; the hard limit still raises below.
