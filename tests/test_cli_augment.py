@@ -16,12 +16,10 @@ from click.testing import CliRunner
 from interrupts import interrupt_after_shards, random_npz
 from PIL import Image
 
-from fractals import FractalOptions
 from ipmix_cli.augment.config import IPMixConfig
 from ipmix_cli.augment.engine import augment_batch
 from ipmix_cli.augment.mixing_set import MixingSet
 from ipmix_cli.cli import main
-from ipmix_cli.jobs.bank_job import BankSpec, generate_bank
 from ipmix_cli.shards import shard_is_valid
 from ipmix_cli.sources import open_mixing_set
 
@@ -38,15 +36,6 @@ def digest_tree(entry: Path) -> dict[str, str]:
     """sha256 of the entry file and every shard, keyed by name."""
     files = [entry, *sorted(entry.with_suffix(".shards").iterdir())]
     return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
-
-
-@pytest.fixture(scope="module")
-def bank(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("bank") / "bank"
-    generate_bank(
-        BankSpec(out=out, count=8, seed=5, options=FractalOptions(size=48, points=4000)), jobs=1
-    )
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,7 @@ distributed = pytest.importorskip("distributed")
 from interrupts import interrupt_after_shards, wait_for_shards  # noqa: E402
 from test_cli_augment import digest_tree, run_cli  # noqa: E402
 
-from fractals import FractalOptions  # noqa: E402
 from ipmix_cli.jobs import distributed as ipmix_distributed  # noqa: E402
-from ipmix_cli.jobs.bank_job import BankSpec, generate_bank  # noqa: E402
 
 # 1500 images x 4 copies in 60 shards of 100 rows: a few seconds of work on 2 workers, enough
 # shards for a kill to land mid-run.
@@ -117,15 +115,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield running
     finally:
         running.stop()
-
-
-@pytest.fixture(scope="module")
-def bank(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("bank") / "bank"
-    generate_bank(
-        BankSpec(out=out, count=8, seed=5, options=FractalOptions(size=48, points=4000)), jobs=1
-    )
-    return out
 
 
 @pytest.fixture(scope="module")

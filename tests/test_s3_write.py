@@ -19,21 +19,9 @@ import pytest
 from interrupts import random_npz
 from s3server import FlakyProxy, environment, s3  # noqa: F401 - the fixture
 
-from fractals import FractalOptions
-from ipmix_cli.jobs.bank_job import BankSpec, generate_bank
-
 BUCKET = "ipmix-write"
 N_IMAGES, COPIES, SHARD = 600, 2, 50  # 24 shards of 50 rows
 BIG_IMAGES, BIG_SHARD = 3000, 100  # 60 shards: enough to kill a run mid-upload
-
-
-@pytest.fixture(scope="module")
-def bank(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("bank") / "bank"
-    generate_bank(
-        BankSpec(out=out, count=8, seed=5, options=FractalOptions(size=48, points=4000)), jobs=1
-    )
-    return out
 
 
 @pytest.fixture(scope="module")
