@@ -19,11 +19,11 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import deflate
 import h5py
 import numpy as np
 
@@ -72,13 +72,15 @@ class _Crc32:
 
     Why CRC-32 rather than sha256: the checksum guards against corruption (truncation, bit
     rot, a bad copy), not against tampering, and sha256 cost 7% of the whole 32 px job (and
-    twice as long in ``verify``); zlib's CRC-32 runs at ~3 GB/s and every language has it."""
+    twice as long in ``verify``); every language has CRC-32. It is computed by libdeflate
+    (carry-less multiplication: ~15 GB/s here, against ~2.5 GB/s for zlib's), which gives
+    zlib's values exactly."""
 
     def __init__(self) -> None:
         self.value = 0
 
     def update(self, data: Any) -> None:
-        self.value = zlib.crc32(data, self.value)
+        self.value = deflate.crc32(data, self.value)
 
     def hexdigest(self) -> str:
         return f"{self.value:08x}"
