@@ -310,6 +310,8 @@ def test_a_bank_goes_up_as_two_objects_and_serves_as_a_mixing_set(bucket, tmp_pa
     assert "--overwrite" in one_line_error(ipmix(*h5, "--out", url))
     assert "--format h5" in one_line_error(ipmix(*generate, "--out", f"s3://{BUCKET}/banks/png"))
     assert remote_files(bucket, "banks/png") == {}
+    dask = ipmix(*h5, "--out", f"s3://{BUCKET}/banks/dask", "--scheduler", "tcp://127.0.0.1:9")
+    assert "drop --backend dask" in one_line_error(dask)
 
     data = random_npz(tmp_path / "data.npz", 60, seed=8)
     outputs = {}

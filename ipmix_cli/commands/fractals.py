@@ -17,7 +17,7 @@ from ipmix_cli.commands.heap import frozen_heap
 from ipmix_cli.errors import BankError, OutputError
 from ipmix_cli.jobs.bank_job import BankSpec, generate_bank
 from ipmix_cli.jobs.parallel import backend_session, resolve_backend
-from ipmix_cli.jobs.remote_bank import generate_remote_bank
+from ipmix_cli.jobs.remote_bank import check_remote_bank, generate_remote_bank
 from ipmix_cli.remote.url import ObjectURL
 from ipmix_cli.ui.contact_sheet import save_png_atomic
 from ipmix_cli.ui.progress import LazyBar
@@ -77,6 +77,8 @@ def generate_fractals(spec: BankSpec, run: RunOptions, preview: Path | None = No
 
 def _generate_fractals(spec: BankSpec, run: RunOptions, preview: Path | None) -> None:
     backend = resolve_backend(run.backend, run.scheduler, default="threads")
+    if isinstance(spec.out, ObjectURL):
+        check_remote_bank(spec, spec.out, backend)  # before connecting to any cluster
     if preview is not None and preview.exists() and not run.overwrite:
         raise OutputError(preview, "preview file exists; pass --overwrite to replace it")
     with (

@@ -5,7 +5,8 @@ The bank is rendered as for a local one into a staging folder (:func:`stage_root
 URL; an interrupted render resumes there with ``--resume``), then goes up as two objects:
 ``bank/fractals.h5``, then ``bank/manifest.json`` last, so a reader that finds the manifest
 finds the images. Only the HDF5 format: a PNG bank is one object per image, thousands of
-requests to write and to read for what one object holds.
+requests to write and to read for what one object holds. Rendered on this machine (not on
+dask workers, whose chunks would land on their own disks): a bank takes seconds to minutes.
 """
 
 from __future__ import annotations
@@ -32,6 +33,21 @@ def _staging(url: ObjectURL, kind: str) -> Path:
     return (stage_root() / kind / digest / url.name).absolute()
 
 
+def check_remote_bank(spec: BankSpec, url: ObjectURL, backend: str) -> None:
+    """What can be refused about a bank for a bucket before anything runs."""
+    spec.validate()
+    if spec.image_format != "h5":
+        raise BankError(
+            str(url), "a bank in a bucket must be --format h5 (one object, not one per image)"
+        )
+    if backend == "dask":  # the workers would write their chunks to their own disks
+        raise BankError(
+            str(url),
+            "a bank for a bucket is rendered by this machine's workers; drop --backend dask "
+            "and --scheduler (or render to a shared folder)",
+        )
+
+
 def generate_remote_bank(
     spec: BankSpec,
     url: ObjectURL,
@@ -44,11 +60,7 @@ def generate_remote_bank(
 ) -> BankSummary:
     """Render ``spec`` (its ``out`` is ``url``) locally and upload it; ``preview(folder)`` is
     called on the local bank before its staging goes."""
-    spec.validate()
-    if spec.image_format != "h5":
-        raise BankError(
-            str(url), "a bank in a bucket must be --format h5 (one object, not one per image)"
-        )
+    check_remote_bank(spec, url, backend)
     if overwrite and resume:
         raise BankError(f"{url}: choose one of --overwrite and --resume")
     store = ObjectStore(url.bucket)
