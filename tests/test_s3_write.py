@@ -381,3 +381,28 @@ def test_a_dropped_connection_is_retried_then_reported(bucket, bank, tmp_path):
         assert remote_files(bucket, "lasting") == expected
     finally:
         proxy.close()
+
+
+def test_what_augment_writes_to_a_bucket_reads_back_as_the_local_output(bucket, bank, tmp_path):
+    """The issue's acceptance: ``--out s3://...`` read back through ``ShardReader`` gives
+    every row of every view of the same command run with a local ``--out``."""
+    from ipmix_cli.readers import ShardReader
+
+    data = random_npz(tmp_path / "data.npz", 200, seed=10)
+    args = [*augment_args(data, bank, shard=40), "--jsd"]
+    local = tmp_path / "local" / "out.h5"
+    assert ipmix(*args, "--out", local).returncode == 0
+    url = f"s3://{BUCKET}/readback/out.h5"
+    assert ipmix(*args, "--out", url).returncode == 0
+    views = ("clean", "images", "images2")
+    extras = ("source_index", "copy_index", "row")
+    with (
+        ShardReader(local, views=views, extras=extras) as here,
+        ShardReader(url, views=views, extras=extras, cache_dir=tmp_path / "cache") as there,
+    ):
+        assert len(there) == len(here) == 200 * COPIES
+        rows = np.random.default_rng(0).permutation(len(here))
+        a, b = here.read(rows), there.read(rows)
+        assert sorted(a) == sorted(b)
+        for key in a:
+            assert np.array_equal(a[key], b[key]), key

@@ -106,9 +106,11 @@ def batches(
     place = _placer(device_put)
 
     parts = plan.batch_rows(epoch, batch_size, drop_last)
-    parts = parts[start_batch_of(start_batch, len(parts)) :]
+    first = start_batch_of(start_batch, len(parts))
+    parts = parts[first:]
 
     def read_all() -> Iterator[tuple[Any, ...]]:
+        reader.prefetch_epoch(plan, epoch, first * batch_size, force=True)  # bucket outputs
         for rows in parts:
             yield reader.read_batch(rows)
 
@@ -189,4 +191,5 @@ class _ReadStep:
 
     def __call__(self, step: int) -> tuple[Any, ...]:
         e, b = divmod(int(step), len(self.slices))
+        self.reader.prefetch_epoch(self.plan, self.first + e)  # once an epoch (bucket outputs)
         return self.reader.read_batch(self.plan.rows(self.first + e)[self.slices[b]])

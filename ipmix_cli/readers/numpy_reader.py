@@ -23,6 +23,13 @@ It reads an ``ipmix augment`` output (``docs/format.md``) for training. Design c
   shards first and then decoded together in ``decode_threads`` threads (Pillow releases the
   GIL while decoding): with a shuffled batch most shards give a row or two, too few to spread
   over threads shard by shard.
+* **Outputs in buckets read like local ones.** An ``s3://`` entry (or an
+  :class:`~ipmix_cli.remote.url.ObjectURL`) is fetched into a local cache, and so is each shard,
+  whole, on first use: verified against the entry's record (size and checksum), evicted least
+  recently used past ``cache_limit``, then memory-mapped as a local shard is
+  (:mod:`ipmix_cli.remote.cache`). The next shards of an epoch are fetched in the background
+  (``batches``, the samplers and the tf/JAX adapters say which), so a warm cache reads as fast
+  as a local output and a cold one about as fast as the network.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import numpy as np
 from ipmix_cli.errors import ShardError
 from ipmix_cli.readers.plan import EpochPlan, batch_slices, start_batch_of
 from ipmix_cli.readers.shard_io import FEW_ROWS, OpenShard, ShardMeta
+from ipmix_cli.remote.url import ObjectURL, is_remote
 from ipmix_cli.shards import Manifest, check_output
 from ipmix_cli.shards.codec import BlobDecodeError, decode_into, default_decode_threads
 
@@ -81,6 +89,25 @@ class ShardReader:
     count and checksum attribute first (:func:`ipmix_cli.shards.check_output`), so a damaged
     output fails here with the shard's name rather than training on zeros.
 
+    ``path`` may also be an entry object in a bucket, ``"s3://bucket/run/OUT.h5"`` or an
+    :class:`~ipmix_cli.remote.url.ObjectURL` (credentials and ``AWS_ENDPOINT_URL`` as for the aws
+    CLI). The entry is fetched and every shard object checked to be there at its recorded size
+    (one listing); shards are then fetched whole, on first use, into a local cache shared by
+    processes (DataLoader workers download each shard once), verified against the entry's
+    record (size and checksum: a corrupt object is an error naming it, never cached), evicted
+    least recently used, and read exactly as local shards (:mod:`ipmix_cli.remote.cache`).
+
+    * ``cache_dir``: the cache folder (default ``$IPMIX_CACHE_DIR``, else
+      ``~/.cache/ipmix/s3``); ``cache_limit``: bytes the folder may hold (default 80 % of the
+      free space there when the reader opens, plus what it holds already); a limit smaller
+      than the largest shard is refused. A shuffled epoch reads rows of every shard of its
+      copy, so give the cache room for one copy of the output (``count / copies`` rows), or
+      shards are fetched again and again. Both are ignored for a local output.
+    * The next shards of an epoch are fetched in background threads while the current ones
+      are read: :meth:`batches` and the adapters' samplers and datasets tell the reader their
+      plan (:meth:`prefetch`); reads with rows from elsewhere fetch a batch's missing shards
+      in parallel when it needs them. Each rank fetches only the shards its rows need.
+
     What a row or batch holds (``read_batch``, ``reader[i]``, every adapter):
     ``(images, labels, *extras)``.
 
@@ -99,7 +126,8 @@ class ShardReader:
     * ``decode_threads``: threads decoding a batch of a coded (JPEG/PNG) output; default
       ``min(4, cores)``; 1 decodes in the calling thread. Raw outputs ignore it.
 
-    Picklable and fork-safe: files are opened on first read in each process.
+    Picklable and fork-safe: files are opened on first read in each process (and for an output
+    in a bucket, each process makes its own connection and prefetch threads).
     """
 
     def __init__(
@@ -114,9 +142,23 @@ class ShardReader:
         max_open_files: int | None = None,
         direct: bool = True,
         decode_threads: int | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        cache_limit: int | None = None,
     ) -> None:
-        entry = Path(path).absolute()
-        manifest = check_output(entry)  # missing / wrong-count / replaced shard -> ShardError
+        self._remote: Any = None  # RemoteShards of an output in a bucket
+        self._plan_hint: tuple[EpochPlan, Any] | None = None  # a sampler's plan and pass cell
+        entry: Path | ObjectURL
+        if is_remote(path):
+            from ipmix_cli.remote.cache import open_remote
+
+            entry = ObjectURL.parse(path)  # type: ignore[arg-type]
+            manifest, self._remote = open_remote(entry, cache_dir, cache_limit)
+            self.shard_files: list[str] = [str(u) for u in self._remote.urls]
+            """Each shard's file (for an output in a bucket: its ``s3://`` URL)."""
+        else:
+            entry = Path(path).absolute()
+            manifest = check_output(entry)  # missing / wrong-count / replaced shard: ShardError
+            self.shard_files = [str(entry.parent / f) for f in manifest.shard_files]
         self.path = entry
         self.manifest: Manifest = manifest
         self.mode: str = manifest.mode
@@ -125,7 +167,6 @@ class ShardReader:
         self.class_names: list[str] = list(manifest.class_names)
         self.class_labels: list[str] = list(manifest.class_labels or manifest.class_names)
         """Human label per class id: from a ``--classes`` map that gave them, else the names."""
-        self.shard_files: list[str] = [str(entry.parent / f) for f in manifest.shard_files]
         self.shard_counts = np.array(manifest.shard_counts, dtype=np.int64)
         self._starts = np.concatenate(([0], np.cumsum(self.shard_counts)[:-1])).astype(np.int64)
         self.copies = manifest.copies
@@ -170,6 +211,9 @@ class ShardReader:
         self.max_open_files = (
             _default_max_open() if max_open_files is None else max(1, int(max_open_files))
         )
+        if self._remote is not None:  # an evicted shard's disk space is freed once unmapped
+            fit = self._remote.cache.limit // max(1, self._remote.largest)
+            self.max_open_files = max(1, min(self.max_open_files, fit))
         self.direct = bool(direct)
         if decode_threads is not None and (
             isinstance(decode_threads, bool) or int(decode_threads) < 1
@@ -190,10 +234,12 @@ class ShardReader:
         self._open: OrderedDict[int, OpenShard] = OrderedDict()
         self._meta: OrderedDict[int, ShardMeta] = OrderedDict()
         self._labels: np.ndarray | None = None
+        self._hint_pass: int | None = None  # the sampler pass whose shards are prefetched
+        self._scheduled: list[Any] = []  # the last few epochs given to prefetch_epoch
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        for key in ("_pid", "_lock", "_open", "_meta", "_labels"):
+        for key in ("_pid", "_lock", "_open", "_meta", "_labels", "_hint_pass", "_scheduled"):
             state.pop(key, None)
         return state
 
@@ -210,6 +256,8 @@ class ShardReader:
 
     def _shard_meta(self, index: int) -> ShardMeta:
         """Shard ``index``'s metadata in this process (read from the file the first time)."""
+        if self._remote is not None:
+            return self._remote.open(index, lambda path: self._cached_meta(index, path))
         with self._lock:
             meta = self._meta.get(index)
             if meta is not None:
@@ -228,6 +276,22 @@ class ShardReader:
                 self._meta.popitem(last=False)
         return meta
 
+    def _cached_meta(self, index: int, path: Path) -> ShardMeta:
+        """The metadata of the cached copy ``path`` of remote shard ``index``: parsed afresh
+        when the copy is not the file the metadata describes (evicted and fetched again)."""
+        with self._lock:
+            meta = self._meta.get(index)
+        if meta is None or not meta.is_current():
+            meta = ShardMeta(
+                str(path), int(self.shard_counts[index]), self.views, self._index_names, self.direct
+            )
+        with self._lock:
+            self._meta[index] = meta
+            self._meta.move_to_end(index)
+            while len(self._meta) > _META_CACHE:
+                self._meta.popitem(last=False)
+        return meta
+
     def _shard(self, index: int, rows: int = FEW_ROWS + 1) -> OpenShard | ShardMeta:
         """Shard ``index`` opened (mapped) in this process, opening it and closing the least
         recently used one when needed; or, when only ``rows`` <= ``FEW_ROWS`` rows are wanted
@@ -241,10 +305,15 @@ class ShardReader:
                 self._open.move_to_end(index)
                 return shard
             full = len(self._open) >= self.max_open_files
-        meta = self._shard_meta(index)
-        if full and rows <= FEW_ROWS and meta.layout is not None:
-            return meta
-        shard = OpenShard(meta)
+        if self._remote is not None:  # mapped while the cached copy is locked: never evicted
+            shard = self._remote.open(  # between the look-up and the map
+                index, lambda path: OpenShard(self._cached_meta(index, path))
+            )
+        else:
+            meta = self._shard_meta(index)
+            if full and rows <= FEW_ROWS and meta.layout is not None:
+                return meta
+            shard = OpenShard(meta)
         with self._lock:
             other = self._open.get(index)
             if other is not None:  # another thread opened it meanwhile
@@ -255,11 +324,14 @@ class ShardReader:
         return shard
 
     def close(self) -> None:
-        """Close this process's files (they re-open on the next read)."""
+        """Close this process's files (they re-open on the next read) and, for an output in a
+        bucket, stop prefetching (downloads in flight finish in the background)."""
         if self._pid != os.getpid():
             return
         with self._lock:
             self._open.clear()  # each file closes as soon as no read in flight uses it
+        if self._remote is not None:
+            self._remote.close()
 
     def __enter__(self) -> ShardReader:
         return self
@@ -294,10 +366,19 @@ class ShardReader:
     def labels(self) -> np.ndarray:
         """Every row's label (int64, row order); read once per process, e.g. for class weights."""
         if self._labels is None or self._pid != os.getpid():
+            self._check_process()
             parts = []
-            for path in self.shard_files:
-                with h5py.File(path, "r") as f:
-                    parts.append(np.asarray(f["labels"][()], dtype=np.int64))
+            if self._remote is not None:
+                # the entry's `labels` is a virtual dataset over the shards (no data of its
+                # own), so every shard is fetched (in the background, in order); the shards
+                # are what training reads next anyway, and their metadata stays parsed
+                self._remote.schedule(range(len(self.shard_files)))
+                for k in range(len(self.shard_files)):
+                    parts.append(self._shard_meta(k).index["labels"].copy())
+            else:
+                for path in self.shard_files:
+                    with h5py.File(path, "r") as f:
+                        parts.append(np.asarray(f["labels"][()], dtype=np.int64))
             self._labels = np.concatenate(parts)
         return self._labels
 
@@ -341,7 +422,10 @@ class ShardReader:
         starts = np.concatenate(([0], cut)).tolist() if n else []
         ends = np.concatenate((cut, [n])).tolist() if n else []
         coded: dict[str, list[_CodedPart]] = {}
-        for s, e, k in zip(starts, ends, shard_of[starts].tolist(), strict=True):
+        shards = shard_of[starts].tolist()
+        if self._remote is not None:
+            self._remote_reading(shards)
+        for s, e, k in zip(starts, ends, shards, strict=True):
             shard = self._shard(k, e - s)
             local, dest = local_all[s:e], order[s:e]
             for v in self.views:
@@ -427,6 +511,74 @@ class ShardReader:
             return self.pack({k: v[0] for k, v in arrays.items()})
         return self.read_batch(row)
 
+    # -- prefetch (outputs in buckets) -----------------------------------------------------------
+
+    @property
+    def remote(self) -> bool:
+        """Whether the output is in a bucket (read through the shard cache)."""
+        return self._remote is not None
+
+    @property
+    def cache(self) -> Any:
+        """The :class:`~ipmix_cli.remote.cache.ShardCache` of an output in a bucket, else
+        ``None``."""
+        return None if self._remote is None else self._remote.cache
+
+    def prefetch(self, rows: Any, *, shuffled: bool | None = None) -> None:
+        """Say which rows come next, in reading order: for an output in a bucket their shards
+        are fetched in background threads in the order the rows first touch them, a bounded
+        number of bytes ahead of the shards being read (this replaces the previous plan).
+        A no-op for a local output. ``batches`` and the adapters call it for their plans."""
+        if self._remote is None:
+            return
+        from ipmix_cli.remote.cache import first_touch
+
+        self._check_process()
+        rows = self._rows(rows)
+        shard_of = np.searchsorted(self._starts, rows, side="right") - 1
+        order = first_touch(shard_of)
+        if shuffled is None:
+            shuffled = len(rows) > 1 and not bool((np.diff(rows) >= 0).all())
+        self._remote.warn_if_too_small(order, shuffled)
+        self._remote.schedule(order, list(self._open))
+
+    def prefetch_epoch(
+        self, plan: EpochPlan, epoch: int, start: int = 0, *, force: bool = False
+    ) -> None:
+        """:meth:`prefetch` of ``plan``'s rows of ``epoch`` from row ``start`` on, once: calls
+        for an epoch given lately are no-ops (adapters that see single batches call this on
+        every batch), unless ``force`` (a new pass over the epoch begins)."""
+        if self._remote is None:
+            return
+        self._check_process()
+        key = (plan, int(epoch), int(start))
+        if key in self._scheduled and not force:
+            return
+        self._scheduled = [*self._scheduled[-3:], key]
+        self.prefetch(plan.rows(int(epoch))[int(start) :], shuffled=plan.shuffle)
+
+    def follow(self, plan: EpochPlan, passes: Any) -> None:
+        """Prefetch for a sampler that runs in another process (a DataLoader's main process):
+        ``passes`` is shared memory the sampler writes at the start of each pass, read with
+        ``passes.get(i)``: 0 a pass counter, 1 the epoch, 2 its first row. Each reading
+        process then prefetches the rows of the pass in progress."""
+        self._plan_hint = (plan, passes)
+
+    def _remote_reading(self, shards: list[int]) -> None:
+        """Before a batch of a remote output reads ``shards``: follow a sampler's pass, move
+        the prefetch past these shards and fetch the missing ones in parallel."""
+        self._check_process()
+        hint = self._plan_hint
+        if hint is not None:
+            plan, passes = hint
+            number = passes.get(0)
+            if number != self._hint_pass:
+                self._hint_pass = number
+                if number > 0:
+                    self.prefetch_epoch(plan, passes.get(1), passes.get(2), force=True)
+        opened = self._open
+        self._remote.reading(shards, [k for k in shards if k not in opened])
+
     # -- epochs ----------------------------------------------------------------------------------
 
     def plan(self, **options: Any) -> EpochPlan:
@@ -454,7 +606,11 @@ class ShardReader:
         Each batch is read with one grouped read per shard; wrap the iterator in
         :func:`~ipmix_cli.readers.readahead.prefetch` to overlap reading with training.
         """
-        rows = self.plan(**options).rows(epoch)
+        plan = self.plan(**options)
+        rows = plan.rows(epoch)
         parts = batch_slices(len(rows), batch_size, drop_last)
-        for part in parts[start_batch_of(start_batch, len(parts)) :]:
+        parts = parts[start_batch_of(start_batch, len(parts)) :]
+        if parts:
+            self.prefetch_epoch(plan, epoch, parts[0].start, force=True)  # bucket outputs
+        for part in parts:
             yield self.read_batch(rows[part])

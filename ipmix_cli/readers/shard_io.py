@@ -117,6 +117,14 @@ class ShardMeta:
                     if not self._direct_matches(f):
                         self.layout = None
 
+    def is_current(self) -> bool:
+        """Whether the file at :attr:`path` is still the one this metadata describes (a shard
+        cache may have evicted it and fetched it again: same bytes, a new file)."""
+        try:
+            return _identity(os.stat(self.path)) == self.identity
+        except OSError:
+            return False
+
     def read_images(self, name: str, local: np.ndarray, out: np.ndarray, dest: np.ndarray) -> None:
         """Rows ``local`` of image dataset ``name`` into ``out[dest]`` with one positioned read
         each, without mapping the file (see ``ShardReader._shard``)."""

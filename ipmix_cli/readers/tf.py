@@ -76,10 +76,11 @@ def dataset(
     epoch's batch ``start_batch`` (the number of batches a preempted run had consumed), and
     every batch is the one an uninterrupted run would have produced at that step.
 
-    ``source`` is the entry file or a :class:`ShardReader`. ``options`` are the epoch plan's
-    (``shuffle``, ``seed``, ``rank``, ``world_size``, ``even``, ``epoch_mode``; see
-    :class:`~ipmix_cli.readers.plan.EpochPlan`) and, with a path, the reader's (``views``,
-    ``extras``, ``dtype``, ``normalize``, ``channels_first``, ...). With ``drop_last`` every
+    ``source`` is the entry file (or ``s3://`` entry object) or a :class:`ShardReader`.
+    ``options`` are the epoch plan's (``shuffle``, ``seed``, ``rank``, ``world_size``, ``even``,
+    ``epoch_mode``; see :class:`~ipmix_cli.readers.plan.EpochPlan`) and, with a path, the
+    reader's (``views``, ``extras``, ``dtype``, ``normalize``, ``channels_first``,
+    ``cache_dir``, ``cache_limit``, ...). With ``drop_last`` every
     batch has exactly ``batch_size`` rows and the batch dimension is static.
     ``num_parallel_calls`` and ``prefetch`` default to ``tf.data.AUTOTUNE``; ``deterministic``
     keeps batch order (set ``False`` to trade order for throughput).
@@ -99,6 +100,7 @@ def dataset(
 
     def read(step: np.int64) -> list[np.ndarray]:
         e, b = divmod(int(step), steps_per_epoch)
+        reader.prefetch_epoch(plan, epoch + e)  # once an epoch, for an output in a bucket
         arrays = reader.read(plan.rows(epoch + e)[slices[b]])
         return [arrays[name] for name, _, _ in fields]
 

@@ -101,21 +101,29 @@ class _SharedEpoch:
     process). Forked workers share the mapping; a pickled copy (spawn or forkserver workers)
     re-opens the same file through ``/proc/<pid>/fd/<fd>`` of the process that made it. Where
     that is impossible (no ``/proc``, another user, the maker gone) the copy keeps the value
-    it was pickled with, as any pickled attribute would."""
+    it was pickled with, as any pickled attribute would. ``slots`` ints in all (``get`` /
+    ``set``); ``value`` is the first."""
 
-    def __init__(self, value: int = 0) -> None:
+    def __init__(self, value: int = 0, slots: int = 1) -> None:
         self._link: str | None = None
+        self._slots = max(1, int(slots))
         try:
             fd, path = tempfile.mkstemp(prefix="ipmix-epoch-")
         except OSError:
-            self._map = mmap.mmap(-1, 8)
+            self._map = mmap.mmap(-1, 8 * self._slots)
         else:
             os.unlink(path)
-            os.ftruncate(fd, 8)
-            self._map = mmap.mmap(fd, 8)
+            os.ftruncate(fd, 8 * self._slots)
+            self._map = mmap.mmap(fd, 8 * self._slots)
             self._link = f"/proc/{os.getpid()}/fd/{fd}"
             weakref.finalize(self, os.close, fd)
         self.value = value
+
+    def get(self, slot: int) -> int:
+        return struct.unpack_from("<q", self._map, 8 * slot)[0]
+
+    def set(self, slot: int, value: int) -> None:
+        struct.pack_into("<q", self._map, 8 * slot, int(value))
 
     @property
     def value(self) -> int:
@@ -126,21 +134,25 @@ class _SharedEpoch:
         struct.pack_into("<q", self._map, 0, int(value))
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"value": self.value, "link": self._link}
+        values = [self.get(i) for i in range(self._slots)]
+        return {"value": self.value, "link": self._link, "values": values}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self._link = state["link"]
+        values = state.get("values", [state["value"]])
+        self._slots = len(values)
         try:
             fd = os.open(self._link, os.O_RDWR) if self._link else -1
         except OSError:
             fd = -1
         if fd < 0:
             self._link = None
-            self._map = mmap.mmap(-1, 8)
-            self.value = state["value"]
+            self._map = mmap.mmap(-1, 8 * self._slots)
+            for i, v in enumerate(values):
+                self.set(i, v)
             return
         try:
-            self._map = mmap.mmap(fd, 8)
+            self._map = mmap.mmap(fd, 8 * self._slots)
         finally:
             os.close(fd)  # the mapping holds its own reference
 
@@ -174,9 +186,9 @@ def _stack(items: list[Any]) -> Any:
 class ShardDataset(Dataset):
     """A torchvision-style map dataset over an ipmix output: one copy of every source per epoch.
 
-    ``source`` is the entry file path or an open :class:`ShardReader`; ``reader_options`` go to
-    :class:`ShardReader` (``views``, ``extras``, ``dtype``, ``normalize``, ``channels_first``,
-    ...).
+    ``source`` is the entry file path, an ``s3://`` entry object, or an open
+    :class:`ShardReader`; ``reader_options`` go to :class:`ShardReader` (``views``, ``extras``,
+    ``dtype``, ``normalize``, ``channels_first``, ``cache_dir``, ``cache_limit``, ...).
 
     * ``epoch_mode="copy"`` (default): ``len(ds) == num_sources``; ``ds[i]`` is source ``i`` in
       copy ``epoch % copies``, the epoch set by :meth:`set_epoch`. ``"all"``: every row of every
@@ -404,6 +416,11 @@ class ShardSampler(Sampler[int]):
     ``load_state_dict`` / :meth:`resume` make the next pass start there; the samples a training
     loop has received are counted by :class:`ShardLoader`, which runs behind this sampler when
     workers prefetch.
+
+    With an output in a bucket, each pass's start is published in shared memory so the
+    DataLoader workers (forked or spawned, persistent too) prefetch the pass's shards in the
+    order its rows first touch them (:meth:`ShardReader.follow`): make the sampler before the
+    loader starts its workers.
     """
 
     def __init__(
@@ -426,6 +443,10 @@ class ShardSampler(Sampler[int]):
         self.drop_last = drop_last
         self._start = 0  # first row of the next pass
         self.current: tuple[int, int] | None = None  # (epoch, start) of the last pass begun
+        self._passes: _SharedEpoch | None = None  # (pass number, epoch, start) for prefetch
+        if self.reader.remote:
+            self._passes = _SharedEpoch(0, slots=3)
+            self.reader.follow(self.plan, self._passes)
 
     @property
     def rank(self) -> int:
@@ -461,6 +482,10 @@ class ShardSampler(Sampler[int]):
         epoch."""
         self.current = self.next_pass
         rows = self.rows(self.epoch)[self._start :]
+        if self._passes is not None:  # the pass number last: readers see a whole pass
+            self._passes.set(1, self.epoch)
+            self._passes.set(2, self._start)
+            self._passes.set(0, self._passes.get(0) + 1)
         self.epoch += 1
         self._start = 0
         return rows
