@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOC_FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```python\s*$")
 NOT_RUN = re.compile(r"^<!-- not-run: (?P<reason>.+?) -->$")
-MAX_OPT_OUTS = 1  # raise only for a block that truly needs a cluster, a GPU or S3
+MAX_OPT_OUTS = 2  # raise only for a block that truly needs a cluster, a GPU or S3
 
 # marker comment on the line before a fence -> the workspace that block runs in
 WORKSPACES = {"<!-- recipe: torch-jsd -->": "jsd", "<!-- codec-decode-example -->": "coded"}
