@@ -58,7 +58,7 @@ import numpy as np
 
 from ipmix_cli.errors import IpmixError, OutputError, RemoteError, ShardError
 from ipmix_cli.remote.store import ObjectInfo, ObjectStore
-from ipmix_cli.remote.url import ObjectURL
+from ipmix_cli.remote.url import ObjectURL, stays_inside
 
 try:  # POSIX; elsewhere only the threads of one process are kept apart
     import fcntl
@@ -402,16 +402,6 @@ def mapped_checksum(path: Path, method: str) -> str | None:
 
 
 # -- an output in a bucket -------------------------------------------------------------------
-def _inside(relative: str) -> bool:
-    parts = relative.split("/")
-    return (
-        bool(relative)
-        and not relative.startswith("/")
-        and "\\" not in relative
-        and all(p not in ("", ".", "..") for p in parts)
-    )
-
-
 def _rename(error: IpmixError, local: Path | str, url: ObjectURL) -> IpmixError:
     """``error`` naming ``url`` instead of the cached copy ``local``."""
     text = str(local)
@@ -698,7 +688,7 @@ def open_remote(
 
     manifest = cache.fetch_entry(store, url.key, manifest_of)
     for name in [manifest.shards_dir, *(s.file for s in manifest.shards)]:
-        if name and not _inside(name):
+        if name and not stays_inside(name):
             raise ShardError(str(url), f"records {name!r}, outside the output's folder")
     sizes = _shard_sizes(store, url, manifest)
     largest = max(sizes, default=0)

@@ -38,7 +38,7 @@ from ipmix_cli.errors import IpmixError, OutputError, RemoteError, ShardError
 from ipmix_cli.fs.atomic import is_temporary_name
 from ipmix_cli.remote.store import HEAD_THREADS, ObjectStore
 from ipmix_cli.remote.upload import SHARD_METADATA, info_from_metadata
-from ipmix_cli.remote.url import ObjectURL
+from ipmix_cli.remote.url import ObjectURL, stays_inside
 from ipmix_cli.shards import audit
 from ipmix_cli.shards.audit import VerifyReport
 from ipmix_cli.shards.layout import LOCK_FILE, SUBFOLDER_NAME
@@ -50,17 +50,6 @@ are on disk at once)."""
 
 PREFIX = "ipmix-s3-"
 """Name prefix of the temporary mirror folders (under ``TMPDIR``)."""
-
-
-def _inside(relative: str) -> bool:
-    """Whether a recorded relative name stays inside the mirror folder."""
-    parts = relative.split("/")
-    return (
-        bool(relative)
-        and not relative.startswith("/")
-        and "\\" not in relative
-        and all(p not in ("", ".", "..") for p in parts)
-    )
 
 
 class Mirror:
@@ -114,7 +103,7 @@ class Mirror:
         manifest = read_manifest(self.entry)
         names = [manifest.shards_dir] if manifest.shards_dir else []
         for name in [*names, *(s.file for s in manifest.shards)]:
-            if not _inside(name):
+            if not stays_inside(name):
                 raise ShardError(
                     str(self.url), f"records {name!r}, outside the output's folder in the bucket"
                 )

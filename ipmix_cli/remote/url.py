@@ -79,6 +79,18 @@ class ObjectURL:
         return ObjectURL(self.bucket, f"{self.key.rstrip('/')}/{name}")
 
 
+def stays_inside(relative: str) -> bool:
+    """Whether a name an entry records relative to its folder stays inside it (no ``..``,
+    no absolute or empty part): only such names can be mirrored into a local folder."""
+    parts = relative.split("/")
+    return (
+        bool(relative)
+        and not relative.startswith("/")
+        and "\\" not in relative
+        and all(p not in ("", ".", "..") for p in parts)
+    )
+
+
 def shards_prefix(entry: ObjectURL) -> ObjectURL:
     """Where an entry object's shards live: ``run/out.h5`` -> ``run/out.shards`` (the local
     layout's ``OUT.shards`` folder, so the entry's relative shard names hold in both)."""
