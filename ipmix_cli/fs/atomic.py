@@ -11,7 +11,7 @@ import errno
 import os
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,17 +45,25 @@ def write_error(path: Path, error: OSError) -> OutputError:
     return OutputError(path, f"cannot write ({error.strerror or error})")
 
 
-def write_new_file(path: Path, data: bytes | memoryview, fsync: bool = False) -> None:
+Buffer = bytes | bytearray | memoryview
+"""Anything :func:`write_new_file` writes: a bytes-like object with C-contiguous memory."""
+
+
+def write_new_file(path: Path, data: Buffer | Sequence[Buffer], fsync: bool = False) -> None:
     """Create ``path`` (a temporary name) holding ``data``, with plain system calls: a full disk
     is then an ``OSError`` raised here, never a failure inside a library's own writer (HDF5's
-    leaves objects that crash the interpreter when they are freed). ``fsync``: make it durable
-    through the same descriptor (one open instead of a second one in :func:`fsync_path`)."""
+    leaves objects that crash the interpreter when they are freed). ``data`` may be a list of
+    pieces written one after another, so a file assembled from several arrays needs no copy
+    of them joined. ``fsync``: make it durable through the same descriptor (one open instead of
+    a second one in :func:`fsync_path`)."""
+    pieces = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
     try:
-        view = memoryview(data).cast("B")
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        for piece in pieces:
+            view = memoryview(piece).cast("B")
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
         if fsync:
             os.fsync(fd)
     except BaseException:
@@ -157,9 +165,10 @@ class StagedFile:
             self.tmp.unlink()
 
 
-def stage_bytes(final: Path, data: bytes | memoryview, durable: bool = False) -> StagedFile:
-    """Write ``data`` under a temporary name beside ``final``; commit it later. ``durable``:
-    fsync it already (the caller then renames it without :meth:`StagedFile.commit`)."""
+def stage_bytes(final: Path, data: Buffer | Sequence[Buffer], durable: bool = False) -> StagedFile:
+    """Write ``data`` (one buffer or pieces, as :func:`write_new_file` takes) under a temporary
+    name beside ``final``; commit it later. ``durable``: fsync it already (the caller then
+    renames it without :meth:`StagedFile.commit`)."""
     tmp = temporary_sibling(final)
     try:
         write_new_file(tmp, data, fsync=durable)

@@ -35,6 +35,7 @@ from ipmix_cli.shards.codec import (
     check_quality,
     encode_images,
 )
+from ipmix_cli.shards.direct_rows import chunk_places, create_unwritten, file_pieces
 from ipmix_cli.shards.layout import (
     IMAGE_DATASETS,
     INDEX_DATASETS,
@@ -45,7 +46,7 @@ from ipmix_cli.shards.layout import (
     SHARD_NAME,
     STANDARD_DATASETS,
 )
-from ipmix_cli.shards.memfile import h5_in_memory
+from ipmix_cli.shards.memfile import h5_in_memory, h5_metadata_only
 from ipmix_cli.shards.shard_info import ShardInfo
 
 DEFAULT_CHUNK_BYTES = 512 * 1024
@@ -212,13 +213,20 @@ def write_shard_pending(
     elif compression == "lzf":
         filters = {"compression": "lzf"}
     coding = {"codec": codec, "quality": stored_quality, "image_shape": (h, w, 3)}
-    with h5_in_memory(sum(map(_stored_bytes, data.values()))) as (f, image):
-        _fill_shard(f, data, filters, chunk_bytes, index, mode, checksum, extra, coding)
+    if codec == "raw" and not filters:  # the rows go from the arrays to the file, uncopied
+        with h5_metadata_only() as (f, sparse):
+            _fill_shard(f, data, filters, chunk_bytes, index, mode, checksum, extra, coding, True)
+            places = [(chunk_places(f[k]), data[k]) for k in IMAGE_DATASETS if k in data]
+        pieces = file_pieces(sparse.extents, sparse.size, places)
+    else:
+        with h5_in_memory(sum(map(_stored_bytes, data.values()))) as (f, image):
+            _fill_shard(f, data, filters, chunk_bytes, index, mode, checksum, extra, coding, False)
+        pieces = [image[0]]
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise write_error(p, error) from None
-    staged = stage_bytes(p, image[0])
+    staged = stage_bytes(p, pieces)
     stored = {k: decode_attr(attr_value(v)) for k, v in extra.items()}  # as read back
     info = ShardInfo(
         int(index),
@@ -251,7 +259,10 @@ def _fill_shard(
     checksum: str,
     extra: Mapping[str, Any],
     coding: Mapping[str, Any],
+    direct: bool,
 ) -> None:
+    """Make the shard's datasets and attributes in ``f``; ``direct``: leave the raw image
+    datasets' chunks unwritten, for :func:`~ipmix_cli.shards.direct_rows.file_pieces`."""
     n = data["images"].shape[0]
     coded = coding["codec"] != "raw"
     for name in (*IMAGE_DATASETS, *INDEX_DATASETS):
@@ -269,6 +280,8 @@ def _fill_shard(
             if coding["quality"] is not None:
                 dataset.attrs["quality"] = int(coding["quality"])
             dataset.attrs["image_shape"] = np.array(coding["image_shape"], dtype=np.int64)
+        elif name in IMAGE_DATASETS and direct:
+            dataset = create_unwritten(f, name, arr.shape, _image_chunks(arr.shape, chunk_bytes))
         elif name in IMAGE_DATASETS:
             chunks = _image_chunks(arr.shape, chunk_bytes)
             dataset = f.create_dataset(name, data=arr, chunks=chunks, **filters)
