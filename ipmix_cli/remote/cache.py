@@ -57,6 +57,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from ipmix_cli.errors import IpmixError, OutputError, RemoteError, ShardError
+from ipmix_cli.fs.user_cache import cache_root
 from ipmix_cli.remote.store import ObjectInfo, ObjectStore
 from ipmix_cli.remote.url import ObjectURL, stays_inside
 
@@ -105,8 +106,7 @@ def default_cache_dir() -> Path:
     given = os.environ.get("IPMIX_CACHE_DIR")
     if given:
         return Path(given).expanduser()
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "ipmix" / "s3"
+    return cache_root() / "s3"
 
 
 def _tag(text: str, limit: int = 80) -> str:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ipmix_cli.fs.atomic import StagedFile
+from ipmix_cli.fs.user_cache import cache_root
 from ipmix_cli.remote.store import ObjectStore
 from ipmix_cli.remote.url import ObjectURL
 from ipmix_cli.shards.shard_info import ShardInfo
@@ -27,8 +28,7 @@ def stage_root() -> Path:
     given = os.environ.get("IPMIX_STAGE_DIR")
     if given:
         return Path(given)
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(cache) / "ipmix" / "upload"
+    return cache_root() / "upload"
 
 
 SHARD_METADATA = "ipmix-shard"

@@ -44,8 +44,9 @@ Modules: :mod:`~ipmix_cli.sources.base` (the interface), ``folder``, ``cifar``, 
 is a ``Source`` subclass in a module of its own plus a line in ``detect``.
 """
 
+from ipmix_cli.fs.digest_cache import sha256_file
 from ipmix_cli.sources.arrays import ArraySource, Hdf5Source, NpySource, NpzSource
-from ipmix_cli.sources.base import Source, sha256_file
+from ipmix_cli.sources.base import Source
 from ipmix_cli.sources.cifar import CifarSource
 from ipmix_cli.sources.detect import FORMATS, detect_format, open_source
 from ipmix_cli.sources.folder import FolderSource

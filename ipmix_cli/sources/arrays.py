@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ipmix_cli.errors import IpmixError, SourceError, one_line
+from ipmix_cli.fs.digest_cache import sha256_file
 from ipmix_cli.sources.base import (
     ABANDONED_HANDLES,
     LAZY_LOAD,
@@ -23,7 +24,6 @@ from ipmix_cli.sources.base import (
     as_names,
     check_labels,
     class_names_for,
-    sha256_file,
 )
 
 

@@ -8,8 +8,6 @@ read. An HDF5 handle inherited through ``fork`` is never reused (the owning pid 
 
 from __future__ import annotations
 
-import hashlib
-import os
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -20,7 +18,6 @@ import numpy as np
 from ipmix_cli.errors import SourceError
 
 IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
-_HASH_BLOCK = 1 << 20
 
 # h5py handles inherited through fork are parked here instead of being closed in the child:
 # closing would tear down state the parent still uses.
@@ -36,15 +33,6 @@ class Progress(Protocol):
     def start(self, total: int, done: int = 0) -> None: ...
 
     def update(self, n: int) -> None: ...
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB blocks (constant memory)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def is_hidden(name: str) -> bool:

@@ -26,7 +26,8 @@ import numpy as np
 
 from ipmix_cli.cores import resolve_jobs
 from ipmix_cli.errors import DecodeError, IpmixError, SourceError
-from ipmix_cli.sources.base import Progress, Source, is_hidden, is_ipmix_output, sha256_file
+from ipmix_cli.fs.digest_cache import sha256_file
+from ipmix_cli.sources.base import Progress, Source, is_hidden, is_ipmix_output
 from ipmix_cli.sources.class_map import ClassMap
 from ipmix_cli.sources.decode import decode_image, is_image_name
 from ipmix_cli.sources.headers import probe_image
