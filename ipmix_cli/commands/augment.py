@@ -12,7 +12,6 @@ import click
 import ipmix_cli
 from ipmix_cli import kernel_caches
 from ipmix_cli.augment.config import IPMixConfig
-from ipmix_cli.augment.mixing_set import MixingSet
 from ipmix_cli.commands import RunOptions
 from ipmix_cli.commands.heap import frozen_heap
 from ipmix_cli.cores import resolve_jobs
@@ -167,7 +166,7 @@ def _dry_run(spec: AugmentSpec, jobs: int, backend: str, quiet: bool = False) ->
         plan = preflight(spec, jobs=jobs, progress=scan)
     config = spec.config
     h, w = config.size
-    mixing = None if spec.clean else MixingSet.from_pictures(plan.pictures, config)
+    mixing = plan.mixing
     preparing = time.perf_counter() - started  # the real run pays this too: scan, mixing set
     estimate = estimate_output(
         spec, plan.source, mixing, plan.rows, plan.num_shards, timed=True, jobs=jobs,
@@ -182,7 +181,7 @@ def _dry_run(spec: AugmentSpec, jobs: int, backend: str, quiet: bool = False) ->
         recipe = f"clean export (resize, centre crop), {spec.codec}"
     else:
         recipe = f"preset {config.preset_name}" if config.preset_name else "customised recipe"
-        recipe += f", mixing set of {count(len(plan.pictures), 'picture')}, {spec.codec}"
+        recipe += f", mixing set of {count(plan.mixing_print['count'], 'picture')}, {spec.codec}"
     if spec.codec == "jpeg":
         recipe += f" q{spec.quality}"
     fits = "fits" if local <= free else "DOES NOT FIT (the run would refuse to start)"

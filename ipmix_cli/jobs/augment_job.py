@@ -26,7 +26,7 @@ import numpy as np
 
 from ipmix_cli.augment.config import IPMixConfig
 from ipmix_cli.augment.engine import warmup
-from ipmix_cli.augment.mixing_set import MixingSet, resized_shape
+from ipmix_cli.augment.mixing_set import MixingSet
 from ipmix_cli.cores import resolve_jobs
 from ipmix_cli.errors import AugmentError, DecodeError, DiskFullError
 from ipmix_cli.fs.atomic import (
@@ -39,6 +39,7 @@ from ipmix_cli.jobs.augment_output import AugmentOutput, State
 from ipmix_cli.jobs.augment_spec import AugmentSpec, AugmentSummary
 from ipmix_cli.jobs.augment_tasks import ShardTask, commit_all, compute_shards
 from ipmix_cli.jobs.estimate import estimate_output
+from ipmix_cli.jobs.mixing_prep import PreparedMixing, prepare_mixing
 from ipmix_cli.jobs.parallel import run_unordered
 from ipmix_cli.jobs.remote_bank import fetch_bank
 from ipmix_cli.jobs.remote_output import RemoteAugmentOutput, output_for
@@ -47,7 +48,7 @@ from ipmix_cli.shards import (
     shard_filename,
 )
 from ipmix_cli.shards.layout import shard_subfolders
-from ipmix_cli.sources import Source, open_mixing_set, open_source
+from ipmix_cli.sources import Source, open_source
 from ipmix_cli.sources.base import Progress
 from ipmix_cli.sources.class_map import read_class_map
 from ipmix_cli.sources.folder import FolderSource
@@ -73,12 +74,8 @@ def _start_warmup(config: IPMixConfig) -> threading.Thread:
     return thread
 
 
-def _fingerprint_mixing(pictures: list[np.ndarray], path: Path) -> dict[str, Any]:
-    digest = hashlib.sha256()
-    for picture in pictures:
-        digest.update(f"{picture.shape}".encode())
-        digest.update(np.ascontiguousarray(picture).tobytes())
-    return {"path": str(path), "count": len(pictures), "sha256": digest.hexdigest()}
+def _fingerprint_mixing(prepared: PreparedMixing, path: Path | ObjectURL) -> dict[str, Any]:
+    return {"path": str(path), "count": prepared.count, "sha256": prepared.pixels_sha256}
 
 
 def _identity(spec: AugmentSpec, source: Source, mixing_print: dict[str, Any]) -> dict[str, Any]:
@@ -121,9 +118,10 @@ def open_inputs(
     jobs: int = 1,
     progress: Progress | None = None,
     exclude: Mapping[str, str] | None = None,
-) -> tuple[Source, list[np.ndarray]]:
-    """Open and check the data set and the mixing set (errors name the file); a folder's scan
-    runs on ``jobs`` workers and reports to ``progress``. The clean export has no mixing set."""
+) -> tuple[Source, PreparedMixing | None]:
+    """Open and check the data set, then load the mixing set prepared for the output size
+    (errors name the file); a folder's scan runs on ``jobs`` workers and reports to
+    ``progress``. The clean export has no mixing set."""
     source = open_source(
         spec.input,
         spec.input_format,
@@ -141,8 +139,11 @@ def open_inputs(
     mixing_path = spec.mixing_set
     if isinstance(mixing_path, ObjectURL):  # a bank in a bucket: fetched once, then local
         mixing_path = fetch_bank(mixing_path)
-    pictures = [] if spec.clean else open_mixing_set(mixing_path)
-    return source, pictures
+    if spec.clean:
+        return source, None
+    return source, prepare_mixing(
+        mixing_path, spec.config, functools.partial(_check_mixing_memory, spec)
+    )
 
 
 @dataclass
@@ -151,7 +152,7 @@ class AugmentPlan:
 
     spec: AugmentSpec
     source: Source
-    pictures: list[np.ndarray]
+    mixing: MixingSet | None  # prepared for the output size; None for the clean export
     mixing_print: dict[str, Any]
     identity: dict[str, Any]
     job_hash: str
@@ -182,7 +183,7 @@ def preflight(
     output.check_names()
     local_mixing = None if spec.clean or isinstance(spec.mixing_set, ObjectURL) else spec.mixing_set
     output.check_apart_from([spec.input, local_mixing, spec.labels_path])
-    source, pictures = open_inputs(spec, jobs=jobs, progress=progress, exclude=exclude)
+    source, prepared = open_inputs(spec, jobs=jobs, progress=progress, exclude=exclude)
     spec.validate_size(len(source))
     config = spec.config
     if not config.accepts_any_size and not spec.clean:
@@ -195,31 +196,27 @@ def preflight(
                 f"{config.size[0]}x{config.size[1]} images only with --resize exact; "
                 "--resize center (the default) takes any size",
             )
-    if spec.clean:
-        return _plan(spec, source, [], {})
-    _check_mixing_memory(spec, pictures)
-    return _plan(spec, source, pictures, _fingerprint_mixing(pictures, spec.mixing_set))
+    if prepared is None:
+        return _plan(spec, source, None, {})
+    return _plan(spec, source, prepared.mixing, _fingerprint_mixing(prepared, spec.mixing_set))
 
 
 def _plan(
-    spec: AugmentSpec, source: Source, pictures: list[np.ndarray], mixing_print: dict[str, Any]
+    spec: AugmentSpec, source: Source, mixing: MixingSet | None, mixing_print: dict[str, Any]
 ) -> AugmentPlan:
     identity = _identity(spec, source, mixing_print)
     job_hash = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-    return AugmentPlan(spec, source, pictures, mixing_print, identity, job_hash)
+    return AugmentPlan(spec, source, mixing, mixing_print, identity, job_hash)
 
 
-def _check_mixing_memory(spec: AugmentSpec, pictures: list[np.ndarray]) -> None:
+def _check_mixing_memory(spec: AugmentSpec, count: int, need: int) -> None:
     """The mixing set is prepared for the output size once, in memory: refuse one that would
-    not fit before resizing anything."""
+    not fit before resizing anything (``need``: its bytes prepared)."""
     config = spec.config
-    shapes = [resized_shape(*p.shape[:2], config.mixing_side, config.size) for p in pictures]
-    hmax, wmax = max(h for h, _ in shapes), max(w for _, w in shapes)
-    need = len(pictures) * hmax * wmax * 3
     if need > MAX_MIXING_BYTES:
         raise AugmentError(
             spec.mixing_set,
-            f"{len(pictures)} mixing pictures prepared for {config.size[0]}x{config.size[1]} "
+            f"{count} mixing pictures prepared for {config.size[0]}x{config.size[1]} "
             f"would take {need / 1e9:.1f} GB of memory (at most {MAX_MIXING_BYTES / 1e9:.0f} "
             "GB); use fewer pictures or a smaller --size",
         )
@@ -346,7 +343,7 @@ def _run(
     except OSError as error:
         raise write_error(output.work, error) from None
     output.record_job(json.dumps(plan.identity, sort_keys=True).encode())
-    mixing = None if spec.clean else MixingSet.from_pictures(plan.pictures, spec.config)
+    mixing = plan.mixing
     mixing_file = output.work / MIXING_FILE
     if mixing is not None:
         try:

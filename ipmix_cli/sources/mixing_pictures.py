@@ -21,33 +21,43 @@ a fractal bank spends ~80% of its ~1.6 ms there), so a 1,000-picture bank is rea
 1 / cores of the serial time; more threads than this gain nothing for a set this small."""
 
 
-def open_mixing_set(path: str | os.PathLike[str], limit: int | None = None) -> list[np.ndarray]:
-    """Load a mixing set (e.g. a fractal bank) as a list of uint8 (H, W, 3) images.
-
-    ``path`` is a folder of pictures (searched recursively, sorted by relative path, hidden
-    entries skipped, non-image files such as ``manifest.json`` ignored; a folder with no pictures
-    but an HDF5 bank file such as ``fractals.h5`` uses that), or an HDF5 file with an ``images``
-    (N, H, W, 3) / (N, H, W) uint8 dataset. Images may differ in size. Any undecodable picture
-    is an error naming it: a mixing set is small and should be clean. ``limit`` keeps only the
-    first pictures (a preview need not decode a whole bank).
-    """
+def mixing_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The files a mixing set is read from, in order: a folder's pictures (searched
+    recursively, sorted by relative path, hidden entries and non-image files skipped), else the
+    one HDF5 bank file in it; an HDF5 path is itself. Errors name the path."""
     p = Path(path).absolute()
     if not p.exists():
         raise SourceError(p, "mixing set does not exist")
-    if p.is_dir():
-        files: list[Path] = []
-        for dirpath, dirnames, filenames in os.walk(p):
-            dirnames[:] = [d for d in dirnames if not is_hidden(d)]
-            files.extend(
-                Path(dirpath) / f for f in filenames if not is_hidden(f) and is_image_name(f)
-            )
-        files.sort(key=lambda f: f.relative_to(p).as_posix())
-        if files:
-            return decode_pictures(files[:limit])
-        banks = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in HDF5_SUFFIXES)
-        if len(banks) == 1:
-            return open_mixing_set(banks[0], limit)
-        raise SourceError(p, "mixing set holds no images")
+    if not p.is_dir():
+        return [p]
+    files: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(p):
+        dirnames[:] = [d for d in dirnames if not is_hidden(d)]
+        files.extend(Path(dirpath) / f for f in filenames if not is_hidden(f) and is_image_name(f))
+    files.sort(key=lambda f: f.relative_to(p).as_posix())
+    if files:
+        return files
+    banks = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in HDF5_SUFFIXES)
+    if len(banks) == 1:
+        return banks
+    raise SourceError(p, "mixing set holds no images")
+
+
+def open_mixing_set(path: str | os.PathLike[str], limit: int | None = None) -> list[np.ndarray]:
+    """Load a mixing set (e.g. a fractal bank) as a list of uint8 (H, W, 3) images.
+
+    ``path`` is a folder of pictures or an HDF5 bank (see :func:`mixing_files`); an HDF5 file
+    holds an ``images`` (N, H, W, 3) / (N, H, W) uint8 dataset. Images may differ in size. Any
+    undecodable picture is an error naming it: a mixing set is small and should be clean.
+    ``limit`` keeps only the first pictures (a preview need not decode a whole bank).
+    """
+    files = mixing_files(path)
+    if Path(path).is_dir() and files[0].suffix.lower() not in HDF5_SUFFIXES:
+        return decode_pictures(files[:limit])
+    return _open_h5_bank(files[0], limit)
+
+
+def _open_h5_bank(p: Path, limit: int | None) -> list[np.ndarray]:
     import h5py
 
     try:
