@@ -24,6 +24,7 @@ def byte_versions() -> dict[str, str]:
     import numba
     import numpy
     import PIL
+    import simplejpeg
 
     return {
         "ipmix": __version__,
@@ -35,6 +36,7 @@ def byte_versions() -> dict[str, str]:
         "hdf5": h5py.version.hdf5_version,
         "zlib": zlib.ZLIB_RUNTIME_VERSION,
         "deflate": deflate_version(),
+        "simplejpeg": simplejpeg.__version__,
     }
 
 

@@ -20,7 +20,8 @@ the ways a picture can be stored are normalised here, once, with explicit rules:
   byte); that is a proper scale, not a clip, and is used as is.
 
 Plain RGB PNGs with unfiltered rows (what ipmix's banks are) are decoded without Pillow
-(:mod:`ipmix_cli.sources.plain_png`), to the same pixels.
+(:mod:`ipmix_cli.sources.plain_png`), to the same pixels; so are plain JPEGs (YCbCr or grey,
+no EXIF), by simplejpeg's libjpeg-turbo (:mod:`ipmix_cli.sources.fast_jpeg`).
 
 ``img.load()`` is always called, so a truncated file fails here, at decode time, with a one-line
 :class:`~ipmix_cli.errors.DecodeError` naming it. ``ImageFile.LOAD_TRUNCATED_IMAGES`` is never
@@ -40,6 +41,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from ipmix_cli.errors import DecodeError
+from ipmix_cli.sources.fast_jpeg import SOI, decode_simple_jpeg
 from ipmix_cli.sources.plain_png import SIGNATURE, decode_plain_png
 
 __all__ = ["IMAGE_EXTENSIONS", "decode_image", "is_image_name", "to_rgb_array"]
@@ -115,6 +117,10 @@ def decode_image(src: ImageInput, *, name: str | None = None) -> np.ndarray:
         plain = decode_plain_png(data)
         if plain is not None:
             return plain
+    if data is not None and data.startswith(SOI):  # most photos: libjpeg-turbo, no copies
+        pixels = decode_simple_jpeg(data)
+        if pixels is not None:
+            return pixels
     try:
         with warnings.catch_warnings():
             # A bomb *warning* is only advisory; the hard limit still raises below.
