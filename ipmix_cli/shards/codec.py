@@ -37,6 +37,7 @@ from PIL import Image
 from ipmix_cli.bank.png import encode_rgb_png
 from ipmix_cli.cores import available_cores
 from ipmix_cli.errors import ConfigError, one_line
+from ipmix_cli.sources.fast_jpeg import decode_simple_jpeg
 
 CODECS = ("raw", "jpeg", "png")
 """How an image dataset may be stored: ``raw`` (n, H, W, 3) uint8, or one file per row."""
@@ -136,6 +137,10 @@ def decode_one(blob: Any, codec: str | None = None) -> np.ndarray:
     an error, not a surprise); our rows are RGB already, and any other mode (grey, palette,
     RGBA from a foreign writer) is converted to RGB rather than returned with another shape."""
     data = blob.tobytes() if isinstance(blob, np.ndarray) else bytes(blob)
+    if codec in (None, "jpeg"):  # our JPEG rows are plain: libjpeg-turbo straight into numpy
+        pixels = decode_simple_jpeg(data)
+        if pixels is not None:
+            return pixels
     formats = [_FORMATS[codec]] if codec in _FORMATS else list(_FORMATS.values())
     with Image.open(io.BytesIO(data), formats=formats) as image:
         if image.mode != "RGB":
