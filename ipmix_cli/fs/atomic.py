@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ipmix_cli.errors import DiskFullError, OutputError
+from ipmix_cli.fs import direct_io
 
 TEMPORARY_NAME = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.tmp$")
 """What :func:`temporary_sibling` names look like: ``.<final name>.<pid>.<8 hex>.tmp``."""
@@ -54,16 +55,22 @@ def write_new_file(path: Path, data: Buffer | Sequence[Buffer], fsync: bool = Fa
     is then an ``OSError`` raised here, never a failure inside a library's own writer (HDF5's
     leaves objects that crash the interpreter when they are freed). ``data`` may be a list of
     pieces written one after another, so a file assembled from several arrays needs no copy
-    of them joined. ``fsync``: make it durable through the same descriptor (one open instead of
+    of them joined; a large file bypasses the page cache (:mod:`ipmix_cli.fs.direct_io`).
+    ``fsync``: make it durable through the same descriptor (one open instead of
     a second one in :func:`fsync_path`)."""
     pieces = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
+    views = [memoryview(piece).cast("B") for piece in pieces]
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    fd = direct_io.open_direct(path, flags) if sum(map(len, views)) >= direct_io.THRESHOLD else None
+    direct = fd is not None
+    if fd is None:
+        fd = os.open(path, flags, 0o644)
     try:
-        for piece in pieces:
-            view = memoryview(piece).cast("B")
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+        if not (direct and direct_io.write_direct(fd, views)):
+            for view in views:
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
         if fsync:
             os.fsync(fd)
     except BaseException:

@@ -1,0 +1,124 @@
+"""Large new files written with ``O_DIRECT``: from a reused bounce buffer to the disk, past the
+page cache.
+
+Why: on the virtual machines this project runs on (and most cloud VMs), a page of memory the
+guest has not touched lately costs a fault in the hypervisor the first time it is written, and
+freed page-cache pages are handed back to the host. A buffered write of a 16 MB shard then
+spent ~40 ms of CPU copying into fresh page-cache pages (5 ms when the pages happened to be
+warm); written through ``O_DIRECT`` from a bounce buffer that stays mapped, it costs ~3 ms of
+CPU and the disk's own time, during which the thread holds no CPU. On a 224 px ImageNet job
+that copy was a fifth of the command's CPU time.
+
+The bytes on disk are the same either way. Where ``O_DIRECT`` is refused (tmpfs before
+Linux 6.6, some FUSE file systems, an alignment the device wants that is larger than ours),
+the file is written the ordinary way. ``IPMIX_DIRECT_IO=off`` turns it off. The file's
+contents are not left in the page cache, so a reader right after reads them from the disk
+once: the output of a large job would not have stayed in memory anyway, and a small one is
+read at the disk's speed (CIFAR's 150 MB in a fraction of a second).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import mmap
+import os
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+
+ALIGNMENT = 4096
+"""Buffer address, file offset and length granularity: the largest logical block size of
+common disks, so one value serves 512-byte and 4 KiB devices alike."""
+
+BOUNCE_BYTES = 8 << 20
+"""How much is copied and written per system call; the bounce buffer's size per thread."""
+
+THRESHOLD = 4 << 20
+"""Files smaller than this are written buffered: their copy is cheap and a reader may want
+them from memory soon (entry files, manifests, small shards)."""
+
+_local = threading.local()
+
+
+def enabled() -> bool:
+    """Whether large files may bypass the page cache (``IPMIX_DIRECT_IO=off`` says no)."""
+    return os.environ.get("IPMIX_DIRECT_IO", "").strip().lower() not in ("off", "0", "no")
+
+
+def _bounce(size: int) -> np.ndarray:
+    """This thread's page-aligned bounce buffer (anonymous ``mmap`` memory is page-aligned,
+    and reusing it keeps its pages warm)."""
+    buffer = getattr(_local, "buffer", None)
+    if buffer is None or buffer.nbytes != size:
+        _local.map = mmap.mmap(-1, size)
+        buffer = _local.buffer = np.frombuffer(_local.map, dtype=np.uint8)
+    return buffer
+
+
+def open_direct(path: os.PathLike[str] | str, flags: int, mode: int = 0o644) -> int | None:
+    """``os.open`` with ``O_DIRECT`` added, or ``None`` where the platform or the file system
+    refuses it (the caller then opens the file the ordinary way)."""
+    direct = getattr(os, "O_DIRECT", 0)
+    if not direct or not enabled():
+        return None
+    try:
+        return os.open(path, flags | direct, mode)
+    except OSError as error:
+        if error.errno not in (errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+        if flags & os.O_CREAT and flags & os.O_EXCL:  # older kernels create it, then refuse
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        return None
+
+
+def write_direct(fd: int, pieces: Sequence[memoryview], bounce_bytes: int = BOUNCE_BYTES) -> bool:
+    """Write ``pieces`` one after another from offset 0 of ``fd`` (opened by
+    :func:`open_direct`), through the bounce buffer in aligned blocks, the last one padded
+    with zeros and the file then cut to its true length. Returns ``False``, with the file
+    emptied, if the file system turns an aligned write down (EINVAL): the caller writes it
+    again the ordinary way. Any other error (a full disk) is raised."""
+    if bounce_bytes % ALIGNMENT:
+        raise ValueError(f"bounce_bytes must be a multiple of {ALIGNMENT}")
+    bounce = _bounce(bounce_bytes)
+    total = 0
+    filled = 0
+    try:
+        for piece in pieces:
+            source = np.frombuffer(piece, dtype=np.uint8)
+            at = 0
+            while at < source.size:
+                take = min(source.size - at, bounce_bytes - filled)
+                np.copyto(bounce[filled : filled + take], source[at : at + take])
+                filled += take
+                at += take
+                if filled == bounce_bytes:
+                    _write_all(fd, bounce, filled)
+                    total += filled
+                    filled = 0
+        if filled:
+            padded = -(-filled // ALIGNMENT) * ALIGNMENT
+            bounce[filled:padded] = 0
+            _write_all(fd, bounce, padded)
+            total += filled
+            os.ftruncate(fd, total)
+    except OSError as error:
+        if error.errno != errno.EINVAL:
+            raise
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_DIRECT)
+        return False
+    return True
+
+
+def _write_all(fd: int, bounce: np.ndarray, length: int) -> None:
+    view = memoryview(bounce)[:length]
+    while view:
+        written = os.write(fd, view)
+        if written % ALIGNMENT and written != len(view):
+            raise OSError(errno.EINVAL, "short unaligned write")  # the caller starts again
+        view = view[written:]
