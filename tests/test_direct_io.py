@@ -8,7 +8,7 @@ import errno
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,9 @@ from ipmix_cli.fs import direct_io
 from ipmix_cli.fs.atomic import write_new_file
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a file system needs root")
+Mount = Callable[[str, int], Path]
+"""Mounts a file system of a kind ("tmpfs", "ext4") and a size in MB for the test."""
+needs_fincore = pytest.mark.skipif(shutil.which("fincore") is None, reason="needs fincore")
 FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 
 
@@ -29,6 +32,17 @@ def pieces_of(sizes: list[int], seed: int = 0) -> list[np.ndarray]:
 
 def joined(pieces: list[np.ndarray]) -> bytes:
     return b"".join(piece.tobytes() for piece in pieces)
+
+
+def resident_bytes(path: Path) -> int:
+    """How much of ``path`` the page cache holds, as util-linux's fincore counts it."""
+    report = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(report.stdout.split()[0])
 
 
 def direct_fd(path: Path) -> int:
@@ -69,7 +83,7 @@ def test_bounce_size_must_be_aligned(tmp_path: Path) -> None:
         os.close(fd)
 
 
-@pytest.mark.skipif(shutil.which("fincore") is None, reason="needs util-linux's fincore")
+@needs_fincore
 @pytest.mark.parametrize("setting", ["on", "off"])
 def test_large_files_skip_the_page_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, setting: str
@@ -84,38 +98,25 @@ def test_large_files_skip_the_page_cache(
     assert path.read_bytes() == joined(pieces)  # reading brings pages in: count a twin
     twin = tmp_path / "twin.bin"
     write_new_file(twin, pieces)
-    report = subprocess.run(
-        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(twin)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    resident = int(report.stdout.split()[0])
+    resident = resident_bytes(twin)
     if setting == "on":
         assert resident == 0
     else:
         assert resident >= direct_io.THRESHOLD
 
 
+@needs_fincore
 def test_small_files_stay_buffered(tmp_path: Path) -> None:
     """Under the threshold nothing is opened with O_DIRECT: the page cache keeps the file."""
-    if shutil.which("fincore") is None:
-        pytest.skip("needs util-linux's fincore")
     os.close(direct_fd(tmp_path / "probe"))
     path = tmp_path / "small.bin"
     pieces = pieces_of([direct_io.THRESHOLD - 1])
     write_new_file(path, pieces)
-    report = subprocess.run(
-        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    assert int(report.stdout.split()[0]) >= direct_io.THRESHOLD - 4096
+    assert resident_bytes(path) >= direct_io.THRESHOLD - 4096
 
 
 @pytest.fixture()
-def mounted(tmp_path: Path) -> Iterator[callable]:
+def mounted(tmp_path: Path) -> Iterator[Mount]:
     mounts: list[Path] = []
 
     def mount(kind: str, megabytes: int) -> Path:
@@ -142,7 +143,7 @@ def mounted(tmp_path: Path) -> Iterator[callable]:
 
 
 @needs_root
-def test_tmpfs_gets_the_same_bytes(mounted: callable) -> None:
+def test_tmpfs_gets_the_same_bytes(mounted: Mount) -> None:
     """tmpfs takes O_DIRECT from Linux 6.6 on and refuses it before: the bytes are the same."""
     disk = mounted("tmpfs", 64)
     pieces = pieces_of([7, direct_io.THRESHOLD + 3])
@@ -168,7 +169,7 @@ def test_without_o_direct_the_ordinary_write(
 
 
 @needs_root
-def test_full_ext4_disk_is_enospc_and_leaves_nothing(mounted: callable) -> None:
+def test_full_ext4_disk_is_enospc_and_leaves_nothing(mounted: Mount) -> None:
     disk = mounted("ext4", 16)
     os.close(direct_fd(disk / "probe"))
     (disk / "probe").unlink()
@@ -179,7 +180,7 @@ def test_full_ext4_disk_is_enospc_and_leaves_nothing(mounted: callable) -> None:
 
 
 @needs_root
-def test_augment_on_a_full_ext4_disk_is_one_line(tmp_path: Path, mounted: callable) -> None:
+def test_augment_on_a_full_ext4_disk_is_one_line(tmp_path: Path, mounted: Mount) -> None:
     """Shards of ~6 MB (over the threshold: written direct) onto 16 MB: one line, no entry."""
     disk = mounted("ext4", 16)
     data = small_npz(tmp_path / "d.npz", count=6000)
