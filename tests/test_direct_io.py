@@ -143,12 +143,29 @@ def mounted(tmp_path: Path) -> Iterator[Mount]:
 
 
 @needs_root
-def test_tmpfs_gets_the_same_bytes(mounted: Mount) -> None:
-    """tmpfs takes O_DIRECT from Linux 6.6 on and refuses it before: the bytes are the same."""
+def test_tmpfs_gets_the_ordinary_write(mounted: Mount) -> None:
+    """Not a local disk's file system: no O_DIRECT (tmpfs takes it from Linux 6.6 on, for
+    nothing), the same bytes."""
     disk = mounted("tmpfs", 64)
+    assert direct_io.file_system_type(disk) == "tmpfs"
+    assert direct_io.open_direct(disk / "probe", FLAGS) is None
+    assert not (disk / "probe").exists()
     pieces = pieces_of([7, direct_io.THRESHOLD + 3])
     write_new_file(disk / "f.bin", pieces)
     assert (disk / "f.bin").read_bytes() == joined(pieces)
+
+
+@pytest.mark.skipif(shutil.which("findmnt") is None, reason="needs util-linux's findmnt")
+def test_file_system_type_is_what_findmnt_says(tmp_path: Path) -> None:
+    for folder in (tmp_path, Path("/proc"), Path("/dev")):
+        listed = subprocess.run(
+            ["findmnt", "--noheadings", "--output", "FSTYPE", "--target", str(folder)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()[0]
+        assert direct_io.file_system_type(folder) == listed
+    assert direct_io.file_system_type(tmp_path / "missing") is None
 
 
 def test_without_o_direct_the_ordinary_write(
@@ -171,6 +188,7 @@ def test_without_o_direct_the_ordinary_write(
 @needs_root
 def test_full_ext4_disk_is_enospc_and_leaves_nothing(mounted: Mount) -> None:
     disk = mounted("ext4", 16)
+    assert direct_io.file_system_type(disk) == "ext4"
     os.close(direct_fd(disk / "probe"))
     (disk / "probe").unlink()
     with pytest.raises(OSError) as raised:
