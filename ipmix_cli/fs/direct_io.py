@@ -118,7 +118,6 @@ def write_direct(fd: int, pieces: Sequence[memoryview], bounce_bytes: int = BOUN
     if bounce_bytes % ALIGNMENT:
         raise ValueError(f"bounce_bytes must be a multiple of {ALIGNMENT}")
     bounce = _bounce(bounce_bytes)
-    total = 0
     filled = 0
     try:
         for piece in pieces:
@@ -131,14 +130,12 @@ def write_direct(fd: int, pieces: Sequence[memoryview], bounce_bytes: int = BOUN
                 at += take
                 if filled == bounce_bytes:
                     _write_all(fd, bounce, filled)
-                    total += filled
                     filled = 0
         if filled:
             padded = -(-filled // ALIGNMENT) * ALIGNMENT
             bounce[filled:padded] = 0
             _write_all(fd, bounce, padded)
-            total += filled
-            os.ftruncate(fd, total)
+            os.ftruncate(fd, sum(map(len, pieces)))
     except OSError as error:
         if error.errno != errno.EINVAL:
             raise
