@@ -169,6 +169,45 @@ def test_dataloader_two_workers_each_shard_downloaded_once(s3, outputs, tmp_path
     assert remote_ds.targets == ShardDataset(path).targets  # fetches every shard
 
 
+def test_cache_touching_a_copy_never_makes_a_reader_refuse_it(outputs, tmp_path: Path) -> None:
+    """Another process marking cached copies used (the LRU bumps their mtime, as a second
+    DataLoader worker does every second) while this reader maps and unmaps them over and
+    over: every read succeeds and equals the local rows. A copy's identity once included its
+    mtime, and a touch between the reader's check and its map failed the read."""
+    import subprocess
+    import sys
+
+    path, url = outputs["standard"]
+    local = ShardReader(path)
+    remote = ShardReader(url, cache_dir=tmp_path, max_open_files=1)
+    remote.read(np.arange(local.count))  # everything cached
+    copies = [str(p) for p in cache_files(tmp_path) if "shard-" in p.name]
+    toucher = subprocess.Popen(
+        [sys.executable, "-c", TOUCH_LOOP, *copies], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert toucher.stdout is not None and toucher.stdout.readline() == "touching\n"
+        deadline = time.monotonic() + 2.0
+        rounds = 0
+        while time.monotonic() < deadline:
+            row = rounds * 7 % local.count  # a new shard each time: unmapped, mapped again
+            assert_same(remote[row], local[row])
+            rounds += 1
+    finally:
+        toucher.kill()
+        toucher.wait()
+    assert rounds > 100
+
+
+TOUCH_LOOP = """
+import os, sys
+print("touching", flush=True)
+while True:
+    for p in sys.argv[1:]:
+        os.utime(p)
+"""
+
+
 def s3_gets(server, key: str) -> int:
     """GET requests the server logged for ``key``."""
     return len(re.findall(rf'"GET /{BUCKET}/{re.escape(key)} HTTP', server.log.read_text()))

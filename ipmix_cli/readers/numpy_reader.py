@@ -283,7 +283,12 @@ class ShardReader:
             meta = self._meta.get(index)
         if meta is None or not meta.is_current():
             meta = ShardMeta(
-                str(path), int(self.shard_counts[index]), self.views, self._index_names, self.direct
+                str(path),
+                int(self.shard_counts[index]),
+                self.views,
+                self._index_names,
+                self.direct,
+                cached_copy=True,
             )
         with self._lock:
             self._meta[index] = meta

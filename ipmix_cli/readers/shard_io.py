@@ -18,7 +18,9 @@ and the caller decodes the rows of all shards of a batch together, in a thread p
 
 Shards are never modified in place (writers replace them atomically), which is what makes
 mapping them safe; a file whose identity (device, inode, size, mtime) changed since its
-metadata was read is refused rather than misread.
+metadata was read is refused rather than misread. A shard cache's copy of a remote shard is
+identified without its mtime: the cache bumps that for its LRU (from any process, at any time),
+and it never rewrites a copy in place, only replaces it (a new inode).
 """
 
 from __future__ import annotations
@@ -91,11 +93,13 @@ class ShardMeta:
         image_names: Sequence[str],
         index_names: Sequence[str],
         direct: bool,
+        cached_copy: bool = False,
     ) -> None:
         self.path, self.count = path, count
+        self.cached_copy = cached_copy  # a shard cache's copy of a remote shard
         self.layout: dict[str, list[tuple[int, int, int]]] | None = None
         with _open_h5(path) as f:
-            self.identity = _identity(os.stat(path))
+            self.identity = _identity(os.stat(path), cached_copy)
             for name in (*image_names, *index_names):
                 if name not in f or f[name].shape[0] != count:
                     have = f[name].shape[0] if name in f else "no"
@@ -121,7 +125,7 @@ class ShardMeta:
         """Whether the file at :attr:`path` is still the one this metadata describes (a shard
         cache may have evicted it and fetched it again: same bytes, a new file)."""
         try:
-            return _identity(os.stat(self.path)) == self.identity
+            return _identity(os.stat(self.path), self.cached_copy) == self.identity
         except OSError:
             return False
 
@@ -157,8 +161,10 @@ class ShardMeta:
             shard.close()
 
 
-def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+def _identity(st: os.stat_result, cached_copy: bool = False) -> tuple[int, int, int, int]:
+    """What says a file is the one its metadata describes. Not the mtime of a shard-cache copy:
+    the cache touches it to mark it used, which must not make another reader refuse it."""
+    return (st.st_dev, st.st_ino, st.st_size, 0 if cached_copy else st.st_mtime_ns)
 
 
 def _open_raw(meta: ShardMeta) -> int:
@@ -167,7 +173,7 @@ def _open_raw(meta: ShardMeta) -> int:
         fd = os.open(meta.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
     except OSError as error:
         raise ShardError(meta.path, f"shard is missing: {one_line(error, 160)}") from None
-    if _identity(os.fstat(fd)) != meta.identity:  # cached offsets would point elsewhere
+    if _identity(os.fstat(fd), meta.cached_copy) != meta.identity:  # offsets would point elsewhere
         os.close(fd)
         raise ShardError(meta.path, "shard file changed on disk while reading; reopen the output")
     return fd
@@ -220,7 +226,7 @@ class OpenShard:
                 os.close(fd)  # the map keeps what it needs
         else:
             self.h5 = _open_h5(meta.path)
-            if _identity(os.stat(meta.path)) != meta.identity:
+            if _identity(os.stat(meta.path), meta.cached_copy) != meta.identity:
                 self.close()
                 raise ShardError(
                     meta.path, "shard file changed on disk while reading; reopen the output"
