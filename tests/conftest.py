@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,10 +14,22 @@ from ipmix_cli import kernel_caches
 from ipmix_cli.jobs.bank_job import BankSpec, generate_bank
 
 
+_USER_CACHE = tempfile.mkdtemp(prefix="ipmix-test-cache-")
+os.environ["XDG_CACHE_HOME"] = _USER_CACHE
+os.environ.pop("IPMIX_CACHE_DIR", None)
+"""The user caches (mixing sets, digests, s3 shards) of this test process and the commands it
+starts: never the user's own ``~/.cache/ipmix``, and not shared by parallel test workers.
+Numba's kernel cache is unaffected (it lives beside the package's sources)."""
+
+
 def pytest_sessionstart(session: object) -> None:
     """Drop numba caches whose kernel sources changed, as every command does at start (import
     never touches the disk), so the tests run the kernels as they are in the tree."""
     kernel_caches.refresh()
+
+
+def pytest_sessionfinish(session: object) -> None:
+    shutil.rmtree(_USER_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
