@@ -237,12 +237,12 @@ def _run_xy(
     # right neighbours are 3 further, the lower row starts at rb. Pillow's exact steps.
     for k in range(k1, k2):
         uk = np.uint64(k)
-        wx = WX[k]
+        wx = WX[uk]
         p = float(src[ra + uk])
         r = float(src[rb + uk])
         v1 = p + (float(src[ra + uk + _U3]) - p) * wx
         v2 = r + (float(src[rb + uk + _U3]) - r) * wx
-        dst[o + uk] = np.uint8(np.int32(v1 + (v2 - v1) * WY[k]))
+        dst[o + uk] = np.uint8(np.int32(v1 + (v2 - v1) * WY[uk]))
 
 
 @nb.njit(cache=True)
@@ -253,7 +253,7 @@ def _run_x(
     for k in range(k1, k2):
         uk = np.uint64(k)
         p = float(src[ra + uk])
-        dst[o + uk] = np.uint8(np.int32(p + (float(src[ra + uk + _U3]) - p) * WX[k]))
+        dst[o + uk] = np.uint8(np.int32(p + (float(src[ra + uk + _U3]) - p) * WX[uk]))
 
 
 @nb.njit(cache=True)
@@ -271,7 +271,7 @@ def _run_y(
     for k in range(k1, k2):
         uk = np.uint64(k)
         p = float(src[ra + uk])
-        dst[o + uk] = np.uint8(np.int32(p + (float(src[rb + uk]) - p) * WY[k]))
+        dst[o + uk] = np.uint8(np.int32(p + (float(src[rb + uk]) - p) * WY[uk]))
 
 
 @nb.njit(cache=True)
