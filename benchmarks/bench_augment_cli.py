@@ -49,6 +49,7 @@ os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 
 from fractals import FractalOptions  # noqa: E402
+from ipmix_cli import kernel_caches  # noqa: E402
 from ipmix_cli.augment.config import IPMixConfig  # noqa: E402
 from ipmix_cli.augment.engine import augment_batch, augment_images, warmup  # noqa: E402
 from ipmix_cli.augment.mixing_set import MixingSet  # noqa: E402
@@ -313,4 +314,5 @@ def scaling(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
+    kernel_caches.refresh()  # as every command does: never time kernels of older sources
     main()

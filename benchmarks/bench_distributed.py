@@ -30,6 +30,7 @@ from distributed import Client, LocalCluster
 from joblib.externals.loky import get_reusable_executor
 
 from fractals import FractalOptions
+from ipmix_cli import kernel_caches
 from ipmix_cli.augment.config import IPMixConfig
 from ipmix_cli.jobs.augment_job import run_augment
 from ipmix_cli.jobs.augment_spec import AugmentSpec
@@ -182,4 +183,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    kernel_caches.refresh()  # as every command does: never time kernels of older sources
     main()

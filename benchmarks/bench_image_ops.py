@@ -18,6 +18,7 @@ from functools import partial
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
+from ipmix_cli import kernel_caches
 from ipmix_cli.augment.ops.dispatch import OP_NAMES, apply_image_op
 
 LEVEL = 2.0  # a mid-range severity draw; op costs barely depend on it
@@ -107,4 +108,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    kernel_caches.refresh()  # as every command does: never time kernels of older sources
     main()

@@ -13,7 +13,6 @@ from fractals import FractalOptions
 from ipmix_cli import kernel_caches
 from ipmix_cli.jobs.bank_job import BankSpec, generate_bank
 
-
 _USER_CACHE = tempfile.mkdtemp(prefix="ipmix-test-cache-")
 os.environ["XDG_CACHE_HOME"] = _USER_CACHE
 os.environ.pop("IPMIX_CACHE_DIR", None)
