@@ -39,6 +39,8 @@ from ipmix_cli.augment.pixel_rules import (
 )
 
 __all__ = [
+    "draw_box",
+    "mix_box",
     "OP_FIELDS",
     "OPF_BRANCH",
     "OPF_HEIGHT",
@@ -105,12 +107,20 @@ def patch_mix(
 ) -> None:
     """Mix a random box of ``src`` into ``c`` (both uint8 H x W x 3, same shape) in place.
 
-    Draw order: left, top, square coin, [width, height], then the rule's draws (weights branch,
-    wa, wb for add/multiply; q then one uniform per pixel or element for the random rules).
-    The draws are written to ``rec`` (OPF_* layout) so tests can replay them.
+    Draw order: left, top, square coin, [width, height] (:func:`draw_box`), then the rule's
+    draws (weights branch, wa, wb for add/multiply; q then one uniform per pixel or element
+    for the random rules; :func:`mix_box`). The draws are written to ``rec`` (OPF_* layout)
+    so tests can replay them.
     """
-    H = c.shape[0]
-    W = c.shape[1]
+    left, top, pw, ph = draw_box(state, c.shape[0], c.shape[1], size, rec)
+    mix_box(c, src, left, top, pw, ph, rule, state, beta, overflow, rec)
+
+
+@nb.njit(cache=True)
+def draw_box(state: np.ndarray, H: int, W: int, size: int, rec: np.ndarray) -> tuple:
+    """The box of a patch of side ``size`` (clamped to the image) as ``(left, top, width,
+    height)``: drawn before its source is made, so a source computed for the box alone
+    (an image op of ``x``) sees the same draws as one computed whole."""
     sx = min(size, W)
     sy = min(size, H)
     left = randint(state, 0, W - sx)
@@ -127,6 +137,25 @@ def patch_mix(
     rec[OPF_TOP] = top
     rec[OPF_WIDTH] = pw
     rec[OPF_HEIGHT] = ph
+    return left, top, pw, ph
+
+
+@nb.njit(cache=True)
+def mix_box(
+    c: np.ndarray,
+    src: np.ndarray,
+    left: int,
+    top: int,
+    pw: int,
+    ph: int,
+    rule: int,
+    state: np.ndarray,
+    beta: float,
+    overflow: int,
+    rec: np.ndarray,
+) -> None:
+    """Mix the box (left, top, pw, ph) of ``src`` into ``c`` in place with pixel rule
+    ``rule``; only that box of ``src`` is read."""
     rec[OPF_RULE] = rule
     wrap = overflow == OVERFLOW_WRAP
 

@@ -33,7 +33,7 @@ import numba as nb
 import numpy as np
 
 from fractals.rng import coin, exponential, randint, stream_key_nb, uniform, uniform_range
-from ipmix_cli.augment.ops.dispatch import apply_image_op
+from ipmix_cli.augment.ops.dispatch import apply_image_op, apply_image_op_into
 from ipmix_cli.augment.patch import (
     OP_FIELDS,
     OPF_KIND,
@@ -43,6 +43,8 @@ from ipmix_cli.augment.patch import (
     OPF_RULE,
     OPF_SIZE,
     OPF_SOURCE,
+    draw_box,
+    mix_box,
     patch_mix,
 )
 from ipmix_cli.augment.pretransform import (
@@ -122,6 +124,7 @@ def _ipmix_view(
     out: np.ndarray,
     acc: np.ndarray,
     cbuf: np.ndarray,
+    sbuf: np.ndarray,
     wts: np.ndarray,
     rec: np.ndarray,
     trace_on: bool,
@@ -187,8 +190,9 @@ def _ipmix_view(
                     r[OPF_OP] = op
                     r[OPF_LEVEL] = level
                     r[OPF_NEGATE] = 1.0 if negate else 0.0
-                    src = apply_image_op(op, x, level, negate)
-                    patch_mix(cbuf, src, size, rule, state, beta, overflow, r)
+                    left, top, pw, ph = draw_box(state, x.shape[0], x.shape[1], size, r)
+                    apply_image_op_into(op, x, level, negate, sbuf, top, left, ph, pw)
+                    mix_box(cbuf, sbuf, left, top, pw, ph, rule, state, beta, overflow, r)
                 else:
                     r[OPF_SOURCE] = 0.0
                     r[OPF_OP] = -1.0
@@ -252,6 +256,7 @@ def ipmix_batch(
     x = np.empty((H, W, 3), dtype=np.uint8)
     p = np.empty((H, W, 3), dtype=np.uint8)
     cbuf = np.empty((H, W, 3), dtype=np.uint8)
+    sbuf = np.empty((H, W, 3), dtype=np.uint8)  # a patch source's box (an image op of x)
     acc = np.empty((H, W, 3), dtype=np.float32)
     wts = np.empty(k, dtype=np.float64)
     st = np.empty(1, dtype=np.uint64)
@@ -294,6 +299,7 @@ def ipmix_batch(
                 out[n, first_view + v],
                 acc,
                 cbuf,
+                sbuf,
                 wts,
                 rec,
                 trace_on,

@@ -97,27 +97,30 @@ _U3 = np.uint64(3)
 
 
 @nb.njit(cache=True)
-def _translate_copy(img: np.ndarray, dx: int, dy: int) -> np.ndarray:
-    """out[y, x] = img[y + dy, x + dx] where that is inside the image, else black.
+def _translate_into(
+    img: np.ndarray, dx: int, dy: int, out: np.ndarray, top: int, left: int, ph: int, pw: int
+) -> None:
+    """out[y, x] = img[y + dy, x + dx] where that is inside the image, else black, for the
+    ``ph`` x ``pw`` box of ``out`` at (top, left).
 
     This is exactly what Pillow's bilinear affine produces for an integer translation:
     all interpolation weights are exactly 0, so every sample is a source pixel verbatim.
     """
     H, W = img.shape[0], img.shape[1]
     src = np.ascontiguousarray(img).reshape(-1)
-    out = np.zeros((H, W, 3), np.uint8)
     dst = out.reshape(-1)
-    x_lo = max(0, -dx)
-    x_hi = min(W, W - dx)
-    if x_hi <= x_lo:
-        return out
-    n = np.uint64(3 * (x_hi - x_lo))
-    for y in range(max(0, -dy), min(H, H - dy)):
+    x_lo = max(left, -dx)
+    x_hi = min(left + pw, W - dx)
+    for y in range(top, top + ph):
+        row = np.uint64(3 * y * W)
+        for k in range(np.uint64(3 * left), np.uint64(3 * (left + pw))):
+            dst[row + k] = 0
+        if x_hi <= x_lo or y + dy < 0 or y + dy >= H:
+            continue
         o = np.uint64(3 * (y * W + x_lo))
         i = np.uint64(3 * ((y + dy) * W + x_lo + dx))
-        for k in range(n):
+        for k in range(np.uint64(3 * (x_hi - x_lo))):
             dst[o + k] = src[i + k]
-    return out
 
 
 _MODE_XY = 0  # general: both interpolation weights vary
@@ -139,15 +142,17 @@ def _row_coords(
     W: int,
     H: int,
     mode: int,
+    x_lo: int,
+    x_hi: int,
     X0: np.ndarray,
     Y0: np.ndarray,
     WX: np.ndarray,
     WY: np.ndarray,
     KEY: np.ndarray,
 ) -> None:
-    """Source coordinates of output row ``y``: Geometry.c's affine_transform followed by
-    bilinear_filter32RGB's head (inside test, -0.5, floor, fractional weights), written
-    branch-free so LLVM vectorises it.
+    """Source coordinates of output pixels ``x_lo .. x_hi - 1`` of row ``y``: Geometry.c's
+    affine_transform followed by bilinear_filter32RGB's head (inside test, -0.5, floor,
+    fractional weights), written branch-free so LLVM vectorises it.
 
     KEY[x] groups pixels into runs: _KEY_OUT outside the image, _KEY_EDGE where Pillow's
     edge clamping is needed (a neighbour the interpolation actually uses lies outside), and
@@ -165,7 +170,7 @@ def _row_coords(
     x_last = np.int32(W - 1 if mode == _MODE_Y else W - 2)
     y_last = np.int32(H - 1 if mode == _MODE_X else H - 2)
     zero = np.int32(0)
-    for x in range(W):
+    for x in range(x_lo, x_hi):
         xi = np.int32(x)  # int32 -> float converts 4 lanes at once; int64 has no AVX2 op
         xin = np.float64(xi) + 0.5
         xx = a * xin + byc + c
@@ -280,7 +285,33 @@ def affine(
 ) -> np.ndarray:
     """``Image.transform(img.size, Image.AFFINE, (a, b, c, d, e, f), resample=BILINEAR)``,
     bit-exact, black fill. Output->input mapping: translate (1, 0, 2, 0, 1, 0) moves the
-    content two pixels toward smaller x.
+    content two pixels toward smaller x."""
+    H, W = img.shape[0], img.shape[1]
+    out = np.empty((H, W, 3), np.uint8)
+    affine_into(img, a, b, c, d, e, f, out, 0, 0, H, W)
+    return out
+
+
+@nb.njit(cache=True)
+def affine_into(
+    img: np.ndarray,
+    a: float,
+    b: float,
+    c: float,
+    d: float,
+    e: float,
+    f: float,
+    out: np.ndarray,
+    top: int,
+    left: int,
+    ph: int,
+    pw: int,
+) -> None:
+    """The ``ph`` x ``pw`` box at (top, left) of :func:`affine`'s result, written into the
+    same box of ``out`` (an array of ``img``'s shape; the rest of it is left alone). Every
+    output pixel is computed from its own coordinates alone, so a box is the same bytes as
+    that box of the whole image: a patch that mixes in an image op of ``x`` needs only its
+    box computed.
 
     Per output row we first compute every pixel's source coordinates in a vectorised pass,
     then walk the row in runs of pixels that read the same two source rows at the same
@@ -299,10 +330,10 @@ def affine(
     y_plain = d == 0.0 and e == 1.0 and f_int  # source y = output y + f exactly: WY == 0
     if x_plain and y_plain:
         # Integer translation: Pillow's arithmetic reduces to a shifted copy.
-        return _translate_copy(img, int(c), int(f))
+        _translate_into(img, int(c), int(f), out, top, left, ph, pw)
+        return
     mode = _MODE_Y if x_plain else (_MODE_X if y_plain else _MODE_XY)
     src = np.ascontiguousarray(img).reshape(-1)
-    out = np.empty((H, W, 3), np.uint8)
     dst = out.reshape(-1)
     X0 = np.empty(W, np.int32)
     Y0 = np.empty(W, np.int32)
@@ -312,11 +343,12 @@ def affine(
     row = 3 * W
     u1 = np.uint64(1)
     u2 = np.uint64(2)
-    for y in range(H):
-        _row_coords(y, a, b, c, d, e, f, W, H, mode, X0, Y0, WX, WY, KEY)
+    x_end = left + pw
+    for y in range(top, top + ph):
+        _row_coords(y, a, b, c, d, e, f, W, H, mode, left, x_end, X0, Y0, WX, WY, KEY)
         base = np.uint64(y * row)
-        x = 0
-        while x < W:
+        x = left
+        while x < x_end:
             key = KEY[x]
             if key <= _KEY_EDGE:  # the two sentinels are the smallest keys
                 o = base + np.uint64(3 * x)
@@ -330,7 +362,7 @@ def affine(
                 continue
             y0 = Y0[x]
             x2 = x + 1
-            while x2 < W and KEY[x2] == key and Y0[x2] == y0:
+            while x2 < x_end and KEY[x2] == key and Y0[x2] == y0:
                 x2 += 1
             # Source index of channel 0 of output pixel x' in the run is ra + 3 x'. Indices
             # are unsigned (numba then skips negative-index wrap-around checks, which
@@ -346,33 +378,25 @@ def affine(
             else:
                 _run_y(src, dst, base, ra, rb, 3 * x, 3 * x2, WY)
             x = x2
-    return out
 
 
 @nb.njit(cache=True)
-def _rotate180(img: np.ndarray) -> np.ndarray:
+def _transposed_into(
+    img: np.ndarray, angle: float, out: np.ndarray, top: int, left: int, ph: int, pw: int
+) -> None:
+    """Pillow's exact transposes for 180 degrees and, on square images, 90 (counter-clockwise)
+    and 270, over the box of ``out``."""
     H, W = img.shape[0], img.shape[1]
-    out = np.empty((H, W, 3), np.uint8)
-    for i in range(H):
-        for j in range(W):
+    for i in range(top, top + ph):
+        for j in range(left, left + pw):
+            if angle == 180.0:
+                si, sj = H - 1 - i, W - 1 - j
+            elif angle == 90.0:
+                si, sj = j, W - 1 - i
+            else:
+                si, sj = H - 1 - j, i
             for ch in range(3):
-                out[i, j, ch] = img[H - 1 - i, W - 1 - j, ch]
-    return out
-
-
-@nb.njit(cache=True)
-def _rotate90(img: np.ndarray, ccw: bool) -> np.ndarray:
-    # Transpose.ROTATE_90 (counter-clockwise) or ROTATE_270; square images only here.
-    H, W = img.shape[0], img.shape[1]
-    out = np.empty((W, H, 3), np.uint8)
-    for i in range(W):
-        for j in range(H):
-            for ch in range(3):
-                if ccw:
-                    out[i, j, ch] = img[j, W - 1 - i, ch]
-                else:
-                    out[i, j, ch] = img[H - 1 - j, i, ch]
-    return out
+                out[i, j, ch] = img[si, sj, ch]
 
 
 @nb.njit(cache=True)
@@ -380,12 +404,25 @@ def rotate(img: np.ndarray, degrees: float) -> np.ndarray:
     """``Image.rotate(degrees, resample=BILINEAR)``: counter-clockwise about the centre,
     same size, black corners; bit-exact, including Pillow's exact-transpose fast paths."""
     H, W = img.shape[0], img.shape[1]
+    if degrees % 360.0 == 0.0:
+        return img.copy()
+    out = np.empty((H, W, 3), np.uint8)
+    rotate_into(img, degrees, out, 0, 0, H, W)
+    return out
+
+
+@nb.njit(cache=True)
+def rotate_into(
+    img: np.ndarray, degrees: float, out: np.ndarray, top: int, left: int, ph: int, pw: int
+) -> None:
+    """The ``ph`` x ``pw`` box at (top, left) of :func:`rotate`'s result, into that box of
+    ``out`` (see :func:`affine_into`)."""
+    H, W = img.shape[0], img.shape[1]
     angle = degrees % 360.0
     if angle == 0.0:
-        return img.copy()
-    if angle == 180.0:
-        return _rotate180(img)
-    if (angle == 90.0 or angle == 270.0) and W == H:
-        return _rotate90(img, angle == 90.0)
-    a, b, c, d, e, f = rotate_matrix(W, H, degrees)
-    return affine(img, a, b, c, d, e, f)
+        _translate_into(img, 0, 0, out, top, left, ph, pw)
+    elif angle == 180.0 or ((angle == 90.0 or angle == 270.0) and W == H):
+        _transposed_into(img, angle, out, top, left, ph, pw)
+    else:
+        a, b, c, d, e, f = rotate_matrix(W, H, degrees)
+        affine_into(img, a, b, c, d, e, f, out, top, left, ph, pw)

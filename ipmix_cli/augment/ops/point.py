@@ -62,6 +62,49 @@ def apply_lut(img: np.ndarray, lut: np.ndarray) -> np.ndarray:
 
 
 @nb.njit(cache=True)
+def apply_lut_into(
+    img: np.ndarray, lut: np.ndarray, out: np.ndarray, top: int, left: int, ph: int, pw: int
+) -> None:
+    """:func:`apply_lut` over the ``ph`` x ``pw`` box at (top, left) only, into that box of
+    ``out``: a patch that mixes in a point op of ``x`` needs only its box mapped."""
+    for i in range(top, top + ph):
+        for j in range(left, left + pw):
+            out[i, j, 0] = lut[0, img[i, j, 0]]
+            out[i, j, 1] = lut[1, img[i, j, 1]]
+            out[i, j, 2] = lut[2, img[i, j, 2]]
+
+
+@nb.njit(cache=True)
+def value_lut(op: int, param: int) -> np.ndarray:
+    """The (3, 256) table of a per-value op, the same for every channel: posterize (``op``
+    0) keeping ``param`` bits, solarize (1) at threshold ``param``, invert (2). The kernels
+    below compute the same values branch-free; this is for boxes (:func:`apply_lut_into`)."""
+    lut = np.empty((3, 256), np.uint8)
+    mask = posterize_mask(param)
+    for v in range(256):
+        if op == 0:
+            w = v & mask
+        elif op == 1:
+            w = 255 - v if v >= param else v
+        else:
+            w = 255 - v
+        lut[0, v] = w
+        lut[1, v] = w
+        lut[2, v] = w
+    return lut
+
+
+@nb.njit(cache=True)
+def mirror_into(img: np.ndarray, out: np.ndarray, top: int, left: int, ph: int, pw: int) -> None:
+    """The box (top, left, ph, pw) of :func:`mirror`'s result, into that box of ``out``."""
+    W = img.shape[1]
+    for i in range(top, top + ph):
+        for j in range(left, left + pw):
+            for ch in range(3):
+                out[i, j, ch] = img[i, W - 1 - j, ch]
+
+
+@nb.njit(cache=True)
 def _clip_lut_value(v: int) -> np.uint8:
     # Pillow converts a Python int LUT entry to UINT8 by clipping to [0, 255].
     if v < 0:
@@ -192,19 +235,23 @@ def autocontrast(img: np.ndarray, cutoff: float) -> np.ndarray:
 
 
 @nb.njit(cache=True)
+def posterize_mask(bits: int) -> int:
+    """The bit mask posterize keeps, ``bits`` clamped to 0..8 (see :func:`posterize`)."""
+    if bits <= 0:
+        return 0
+    if bits >= 8:
+        return 255
+    return (255 << (8 - bits)) & 255
+
+
+@nb.njit(cache=True)
 def posterize(img: np.ndarray, bits: int) -> np.ndarray:
     """ImageOps.posterize(img, bits): keep the top ``bits`` bits of every value.
 
     Pillow rejects bits outside 1..8; we clamp instead (bits <= 0 gives black, >= 8 a copy)
     so a hot loop never raises. The reference mapping only produces 1..4.
     """
-    if bits <= 0:
-        mask = 0
-    elif bits >= 8:
-        mask = 255
-    else:
-        mask = (255 << (8 - bits)) & 255
-    m = np.uint8(mask)
+    m = np.uint8(posterize_mask(bits))
     src = np.ascontiguousarray(img).reshape(-1)
     out = np.empty((img.shape[0], img.shape[1], 3), np.uint8)
     dst = out.reshape(-1)
