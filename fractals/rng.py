@@ -53,6 +53,24 @@ def next_u64(state: np.ndarray) -> np.uint64:
 
 
 @nb.njit(cache=True, inline="always")
+def uniform_bits_at(s0: np.uint64, k: np.uint64) -> np.uint64:
+    """The 53 random bits of the ``k``-th draw (``k >= 1``) of a stream whose state is ``s0``
+    now: ``uniform`` would return them times 2**-53. SplitMix64 is a counter, so a kernel can
+    compute many draws side by side (vectorised) and then move the state on by their number
+    with :func:`skip`; the draws and the final state are those of the one-by-one calls."""
+    return mix64(s0 + k * _GOLDEN) >> _S11
+
+
+@nb.njit(cache=True, inline="always")
+def skip(state: np.ndarray, n: np.uint64) -> None:
+    """Advance ``state`` past ``n`` draws (see :func:`uniform_bits_at`)."""
+    state[0] = state[0] + n * _GOLDEN
+
+
+UNIFORM_ONE = 9007199254740992.0  # 2**53: uniform() is (53 random bits) / UNIFORM_ONE
+
+
+@nb.njit(cache=True, inline="always")
 def uniform(state: np.ndarray) -> float:
     """A float in [0, 1) with 53 random bits."""
     return float(next_u64(state) >> _S11) * _INV53

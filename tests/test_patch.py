@@ -157,6 +157,46 @@ def test_random_rules_take_each_value_from_c_or_src(rule: int) -> None:
         assert abs((~took).mean() - q) < 6 * np.sqrt(q * (1 - q) / n) + 2 / n
 
 
+def splitmix_uniforms(s0: int, n: int) -> tuple[list[float], int]:
+    """``n`` uniforms of a SplitMix64 stream from state ``s0``, one by one in Python integers
+    (independent of fractals.rng's kernels), and the state after them."""
+    mask, out, s = (1 << 64) - 1, [], s0
+    for _ in range(n):
+        s = (s + 0x9E3779B97F4A7C15) & mask
+        z = ((s ^ (s >> 30)) * 0xBF58476D1CE4E5B9) & mask
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+        out.append(((z ^ (z >> 31)) >> 11) / 2.0**53)
+    return out, s
+
+
+@pytest.mark.parametrize("rule", [RULE_RANDOM_PIXELS, RULE_RANDOM_ELEMS])
+def test_random_rules_replay_one_draw_at_a_time(rule: int) -> None:
+    """Every value of the box against draws made one by one in row order (per pixel or per
+    value), ``uniform < q`` keeping c; and the stream left exactly after those draws, which
+    the recipe's next draws depend on."""
+    state = new_state(25, rule)
+    for trial in range(12):
+        c = np.random.default_rng(trial).integers(0, 100, (40, 36, 3), dtype=np.uint8)
+        src = c + 100
+        before, s0 = c.copy(), int(state[0])
+        rec = np.full(OP_FIELDS, np.nan)
+        patch_mix(c, src, 32, rule, state, 3.0, OVERFLOW_WRAP, rec)
+        left, top = int(rec[OPF_LEFT]), int(rec[OPF_TOP])
+        w, h = int(rec[OPF_WIDTH]), int(rec[OPF_HEIGHT])
+        head = 3 + (0 if rec[OPF_SQUARE] == 1 else 2)  # left, top, coin, [width, height]
+        per_value = h * w * (1 if rule == RULE_RANDOM_PIXELS else 3)
+        draws, s_end = splitmix_uniforms(s0, head + 1 + per_value)
+        q = draws[head]
+        assert rec[OPF_Q] == q
+        keep = np.array(draws[head + 1 :]) < q
+        keep = keep.reshape(h, w, 1) if rule == RULE_RANDOM_PIXELS else keep.reshape(h, w, 3)
+        box = (slice(top, top + h), slice(left, left + w))
+        want = before.copy()
+        want[box] = np.where(keep, before[box], src[box])
+        np.testing.assert_array_equal(c, want)
+        assert int(state[0]) == s_end, trial
+
+
 def test_box_stays_inside_and_outside_is_untouched() -> None:
     state = new_state(23)
     for trial in range(200):

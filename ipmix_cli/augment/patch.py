@@ -23,7 +23,7 @@ import numba as nb
 import numpy as np
 
 from fractals.detmath import pow_from_log2, powers32_from_log2
-from fractals.rng import coin, randint, uniform
+from fractals.rng import UNIFORM_ONE, coin, randint, skip, uniform, uniform_bits_at
 from ipmix_cli.augment.pixel_rules import (
     MULTIPLY_BASE_A,
     MULTIPLY_BASE_B,
@@ -226,16 +226,55 @@ def mix_box(
     rec[OPF_WA] = np.nan
     rec[OPF_WB] = np.nan
     rec[OPF_Q] = q
-    if rule == RULE_RANDOM_PIXELS:
-        for y in range(top, top + ph):
-            for x in range(left, left + pw):
-                if not uniform(state) < q:
-                    c[y, x, 0] = src[y, x, 0]
-                    c[y, x, 1] = src[y, x, 1]
-                    c[y, x, 2] = src[y, x, 2]
-    else:
-        for y in range(top, top + ph):
-            for x in range(left, left + pw):
-                for ch in range(3):
-                    if not uniform(state) < q:
-                        c[y, x, ch] = src[y, x, ch]
+    _random_rule_box(c, src, left, top, pw, ph, rule == RULE_RANDOM_PIXELS, q, state)
+
+
+@nb.njit(cache=True)
+def _random_rule_box(
+    c: np.ndarray,
+    src: np.ndarray,
+    left: int,
+    top: int,
+    pw: int,
+    ph: int,
+    per_pixel: bool,
+    q: float,
+    state: np.ndarray,
+) -> None:
+    """Take ``src``'s value wherever a fresh ``uniform(state) < q`` fails: one draw per pixel
+    (all three channels follow it) or per value, row by row, left to right.
+
+    A SplitMix64 stream is a counter (``fractals.rng.uniform_bits_at``), so the draws of a box
+    are computed side by side instead of one after another through the state, and
+    ``uniform < q`` is the integer test ``bits < q * 2**53`` (both sides exact: q is itself a
+    uniform, a multiple of 2**-53). No branch depends on a draw: with q ~ U(0, 1) half of
+    them would be mispredicted. Same draws, same bytes and the same final state as the plain loop.
+    """
+    W = c.shape[1]
+    cf = c.reshape(-1)
+    sf = src.reshape(-1)
+    s0 = state[0]
+    limit = np.uint64(q * UNIFORM_ONE)
+    drawn = 0
+    masks = np.empty(3 * pw, np.uint8)  # per value of a row: 0xFF where src is taken
+    for y in range(top, top + ph):
+        if per_pixel:
+            for i in range(pw):
+                take = uniform_bits_at(s0, np.uint64(drawn + i + 1)) >= limit
+                mask = np.uint8(0) - np.uint8(take)
+                masks[3 * i] = mask
+                masks[3 * i + 1] = mask
+                masks[3 * i + 2] = mask
+            drawn += pw
+        else:
+            for i in range(3 * pw):
+                take = uniform_bits_at(s0, np.uint64(drawn + i + 1)) >= limit
+                masks[i] = np.uint8(0) - np.uint8(take)
+            drawn += 3 * pw
+        base = 3 * (y * W + left)
+        crow = cf[base : base + 3 * pw]
+        srow = sf[base : base + 3 * pw]
+        for i in range(3 * pw):  # a blend, no branch
+            a = crow[i]
+            crow[i] = a ^ ((a ^ srow[i]) & masks[i])
+    skip(state, np.uint64(drawn))
