@@ -107,7 +107,10 @@ def cli_run(args: list[str], env: dict[str, str] | None = None) -> tuple[float, 
     if done.returncode:
         raise SystemExit(f"ipmix augment {' '.join(args)} failed:\n{done.stderr[-2000:]}")
     line = done.stdout.strip().splitlines()[-1]
-    reported = float(re.search(r", (\d+) images/s", line).group(1))
+    found = re.search(r", ([\d,]+(?:\.\d+)?) images/s", line)
+    if found is None:
+        raise SystemExit(f"ipmix augment {' '.join(args)}: no rate in its last line: {line!r}")
+    reported = float(found.group(1).replace(",", ""))
     return wall, reported, line
 
 

@@ -126,8 +126,8 @@ def _translate_into(
 _MODE_XY = 0  # general: both interpolation weights vary
 _MODE_X = 1  # every WY is exactly 0 (shear_x-like matrices)
 _MODE_Y = 2  # every WX is exactly 0 (shear_y-like matrices)
-_KEY_OUT = np.int32(-(2**30))
-_KEY_EDGE = np.int32(-(2**30) + 1)  # real keys are column offsets, |offset| < 2**30
+_KEY_OUT = np.int64(-(2**62))
+_KEY_EDGE = np.int64(-(2**62) + 1)  # real keys are y0 * 2**32 + column offset, y0 >= 0
 
 
 @nb.njit(cache=True)
@@ -156,9 +156,9 @@ def _row_coords(
 
     KEY[x] groups pixels into runs: _KEY_OUT outside the image, _KEY_EDGE where Pillow's
     edge clamping is needed (a neighbour the interpolation actually uses lies outside), and
-    otherwise the column offset x0 - x; neighbours with equal KEY and equal Y0 read the
-    same source rows at the same offset, so their four neighbours sit at fixed offsets in
-    memory. Out-of-image coordinates are clamped before the int conversion only to keep
+    otherwise ``y0 * 2**32 + (x0 - x)``: neighbours with equal KEY read the same source rows
+    at the same column offset, so their four neighbours sit at fixed offsets in memory, and
+    finding where a run ends is one comparison a pixel. Out-of-image coordinates are clamped before the int conversion only to keep
     it defined; they are never used. WX / WY hold one weight per RGB value (3 per pixel).
     """
     fw = float(W)
@@ -195,7 +195,8 @@ def _row_coords(
         X0[x] = x0
         Y0[x] = y0
         inner = (x0 >= zero) & (x0 <= x_last) & (y0 >= zero) & (y0 <= y_last)
-        KEY[x] = (np.int32(x0 - xi) if inner else _KEY_EDGE) if ok else _KEY_OUT
+        run = (np.int64(y0) << np.int64(32)) + np.int64(x0 - xi)
+        KEY[x] = (run if inner else _KEY_EDGE) if ok else _KEY_OUT
 
 
 @nb.njit(cache=True)
@@ -339,7 +340,7 @@ def affine_into(
     Y0 = np.empty(W, np.int32)
     WX = np.empty(3 * W)
     WY = np.empty(3 * W)
-    KEY = np.empty(W, np.int32)
+    KEY = np.empty(W, np.int64)
     row = 3 * W
     u1 = np.uint64(1)
     u2 = np.uint64(2)
@@ -362,14 +363,14 @@ def affine_into(
                 continue
             y0 = Y0[x]
             x2 = x + 1
-            while x2 < x_end and KEY[x2] == key and Y0[x2] == y0:
+            while x2 < x_end and KEY[x2] == key:
                 x2 += 1
             # Source index of channel 0 of output pixel x' in the run is ra + 3 x'. Indices
             # are unsigned (numba then skips negative-index wrap-around checks, which
             # otherwise dominate these loops); ra itself may wrap below zero when the
             # column offset is negative, which is harmless since ra + 3 x' is exact
             # modulo 2**64.
-            ra = np.uint64(y0 * row) + np.uint64(3 * key)
+            ra = np.uint64(y0 * row) + np.uint64(3 * (X0[x] - x))
             rb = ra + np.uint64(row)
             if mode == _MODE_XY:
                 _run_xy(src, dst, base, ra, rb, 3 * x, 3 * x2, WX, WY)
