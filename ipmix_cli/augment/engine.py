@@ -10,8 +10,8 @@ holding [clean (pre-transformed x), view 1, view 2].
 
 Fast path: :func:`augment_batch` with the CIFAR or "none" pre-transform runs one jitted kernel
 over the whole batch of output-size images. With the ImageNet pre-transform each image first
-goes through RandomResizedCrop in Pillow (Python per image, cheap next to a 224 px recipe), then
-the same kernel runs on the stacked crops. :func:`augment_images` is the path for images of
+goes through RandomResizedCrop (one compiled call per image, resized into its row of the
+batch), then the same kernel runs on the batch. :func:`augment_images` is the path for images of
 any sizes: with CIFAR and "none" it first applies the config's size policy (``resize``) to each,
 so an image of the output size gets the same bytes down either path. :func:`clean_images` is
 the export without augmentation (a validation set): the size policy alone.
@@ -30,8 +30,10 @@ from ipmix_cli.augment.mixing_set import MixingSet
 from ipmix_cli.augment.pixel_rules import overflow_code
 from ipmix_cli.augment.pretransform import (
     PRE_FIELDS,
-    random_resized_crop,
+    RRC_RATIO,
+    RRC_SCALE,
     resize_center_crop,
+    rrc_into,
     rrc_params,
 )
 from ipmix_cli.augment.recipe import (
@@ -184,11 +186,12 @@ def _run(
     trace0 = np.full((max(n, 1), PRE_FIELDS), -1.0) if trace else np.empty((1, 1))
     if config.pre == "imagenet":
         batch = np.empty((n, H, W, 3), dtype=np.uint8)
-        for i in range(n):
-            img = _check_image(images[i], i)
-            batch[i] = random_resized_crop(
-                img, state0[i : i + 1], (H, W), trace0[i] if trace else None
-            )
+        scratch = np.empty(PRE_FIELDS)
+        limits = (*RRC_SCALE, *RRC_RATIO)
+        for i in range(n):  # each crop resized straight into its row of the batch
+            img = np.ascontiguousarray(_check_image(images[i], i))
+            record = trace0[i] if trace else scratch
+            rrc_into(img, state0[i : i + 1], batch[i], record, *limits)
         pre_mode = PRE_MODE_FLIP
     else:
         batch = _fit_to_size(images, config, resize)

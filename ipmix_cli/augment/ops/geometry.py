@@ -158,8 +158,9 @@ def _row_coords(
     edge clamping is needed (a neighbour the interpolation actually uses lies outside), and
     otherwise ``y0 * 2**32 + (x0 - x)``: neighbours with equal KEY read the same source rows
     at the same column offset, so their four neighbours sit at fixed offsets in memory, and
-    finding where a run ends is one comparison a pixel. Out-of-image coordinates are clamped before the int conversion only to keep
-    it defined; they are never used. WX / WY hold one weight per RGB value (3 per pixel).
+    finding where a run ends is one comparison a pixel. Out-of-image coordinates are clamped
+    before the int conversion only to keep it defined; they are never used. WX / WY hold one
+    weight per RGB value (3 per pixel).
     """
     fw = float(W)
     fh = float(H)

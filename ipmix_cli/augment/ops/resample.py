@@ -173,25 +173,40 @@ def resize_window(
     BILINEAR)`` as a new (out_h, out_w, 3) uint8 array, without copying the window first.
     ``img`` is a C-contiguous (H, W, 3) uint8 array."""
     out = np.empty((out_h, out_w, 3), np.uint8)
+    resize_window_into(img, top, left, height, width, out)
+    return out
+
+
+@nb.njit(cache=True)
+def resize_window_into(
+    img: np.ndarray, top: int, left: int, height: int, width: int, out: np.ndarray
+) -> None:
+    """:func:`resize_window` into ``out`` (out_h, out_w, 3), C-contiguous: a batch's row, so
+    the result is not copied into the batch afterwards."""
+    out_h, out_w = out.shape[0], out.shape[1]
     need_h = out_w != width
     need_v = out_h != height
     if not need_h and not need_v:
-        out[:] = img[top : top + height, left : left + width]
-        return out
+        for y in range(height):
+            src = img[top + y, left : left + width].reshape(-1)
+            dst = out[y].reshape(-1)
+            for k in range(3 * width):
+                dst[k] = src[k]
+        return
     if not need_v:
         bx, kx = coefficients(width, out_w)
         _horizontal_into(img, top, left, height, width, bx, kx, out)
-        return out
+        return
     by, ky = coefficients(height, out_h)
     if not need_h:
         _vertical(img, top, left, width, by, ky, out)
-        return out
+        return
     bx, kx = coefficients(width, out_w)
     if vertical_first(height, width, out_h, out_w):
         tmp = np.empty((out_h, width, 3), np.uint8)
         _vertical(img, top, left, width, by, ky, tmp)
         _horizontal_into(tmp, 0, 0, out_h, width, bx, kx, out)
-        return out
+        return
     # Horizontal first, over the source rows the vertical pass will read only.
     first = by[0, 0]
     last = by[out_h - 1, 0] + by[out_h - 1, 1]
@@ -200,7 +215,6 @@ def resize_window(
     tmp = np.empty((last - first, out_w, 3), np.uint8)
     _horizontal_into(img, top + first, left, last - first, width, bx, kx, tmp)
     _vertical(tmp, 0, 0, out_w, by, ky, out)
-    return out
 
 
 def resize_bilinear(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
