@@ -37,12 +37,15 @@ def grow(mount: Path) -> None:
 
 
 @needs_root
-@pytest.mark.parametrize("backend", ["threads", "loky"])
+@pytest.mark.parametrize("backend", ["threads", "loky", "one job"])
 def test_full_disk_during_augment(tmp_path: Path, tiny_disk: Path, backend: str) -> None:
+    """With "one job" the tasks run in the command's own process, and the commit thread writes
+    each shard (deferred writes), so the full disk is met there."""
     data = small_npz(tmp_path / "d.npz", count=2000)
     mixing = mixing_folder(tmp_path / "mix")
-    args = ["--input", data, "--mixing-set", mixing, "--shard-size", "100", "--jobs", "2",
-            "--backend", backend, "--quiet"]  # fmt: skip
+    workers = ["--jobs", "1"] if backend == "one job" else ["--jobs", "2", "--backend", backend]
+    args = ["--input", data, "--mixing-set", mixing, "--shard-size", "100", *workers,
+            "--quiet"]  # fmt: skip
     out = tiny_disk / "out.h5"
     refused = ipmix("augment", *args, "--out", out)  # the estimate does not fit: no work
     one_line_failure(refused, "the output needs about", "MB free", "--no-space-check")

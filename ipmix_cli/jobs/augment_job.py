@@ -31,6 +31,7 @@ from ipmix_cli.cores import resolve_jobs
 from ipmix_cli.errors import AugmentError, DecodeError, DiskFullError
 from ipmix_cli.fs.atomic import (
     atomic_path,
+    deferred_writes,
     remove_stale_temporaries,
     write_bytes_atomic,
     write_error,
@@ -392,9 +393,14 @@ def _run(
     if on_start:
         on_start(plan.rows, reused_rows)
     results = run_unordered(compute_shards, tasks, jobs=jobs, backend=backend)
+    # Tasks that run one after another in this process leave their shards' writes to the
+    # commit thread, which then writes while the next task computes (fs.atomic.deferred_writes).
+    here = backend != "dask" and (resolve_jobs(jobs) == 1 or len(tasks) <= 1)
+    local = not isinstance(output, RemoteAugmentOutput)
     try:
-        for info in commit_all(results, on_progress):
-            infos[info.index] = info
+        with deferred_writes() if here and local else contextlib.nullcontext():
+            for info in commit_all(results, on_progress):
+                infos[info.index] = info
     except BaseException:
         results.close()  # stop the workers (threads finish the shard they are on first)
         if backend != "dask":  # nothing of ours writes here any more: drop what was half-done

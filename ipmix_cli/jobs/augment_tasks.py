@@ -13,6 +13,7 @@ import io
 import json
 import pickle
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -87,6 +88,10 @@ def _load_source(path: Path | ObjectURL, job_hash: str) -> Source:
     should not keep the previous job's copy."""
     return pickle.loads(_work_bytes(path))
 
+
+DEFERRED_BYTES = 512 << 20
+"""Most bytes of staged shards waiting for their deferred write (``fs.atomic.deferred_writes``)
+before :func:`commit_all` lets the next task compute."""
 
 DECODE_BATCH = 64  # sources decoded at a time within a task: bounds the memory of originals
 
@@ -187,13 +192,25 @@ def commit_all(
     only once it is complete and on disk.
     """
     commits: list[tuple[Future[ShardInfo], PendingShard | UploadedShard]] = []
+    waiting: deque[tuple[Future[ShardInfo], int]] = deque()  # deferred writes not done yet
     with ThreadPoolExecutor(1, thread_name_prefix="ipmix-commit") as committer:
         try:
             for shards in pending:
                 for shard in shards:
-                    commits.append((committer.submit(shard.commit), shard))
+                    staged = getattr(shard, "staged", None)
+                    unwritten = staged.waiting_bytes if staged is not None else 0
+                    future = committer.submit(shard.commit)
+                    commits.append((future, shard))
+                    if unwritten:
+                        waiting.append((future, unwritten))
                     if on_progress:
                         on_progress(shard.info.count)
+                # A disk slower than the computing: hold what waits to be written to a bound
+                # before the next task computes (deferred writes keep their rows in memory).
+                while waiting and sum(n for _, n in waiting) > DEFERRED_BYTES:
+                    waiting.popleft()[0].result()
+                while waiting and waiting[0][0].done():
+                    waiting.popleft()
             return [future.result() for future, _ in commits]
         except BaseException:
             for future, shard in commits:
