@@ -32,7 +32,7 @@ from ipmix_cli.augment.ops.point import (
     mirror_into,
     posterize,
     solarize,
-    value_lut,
+    value_op_into,
 )
 
 # Order matters: the default list is the first 10, ``all_ops`` uses all 15.
@@ -171,15 +171,15 @@ def apply_image_op_into(
         affine_into(img, a, b, c, d, e, f, out, top, left, ph, pw)
     elif op == 8:
         mirror_into(img, out, top, left, ph, pw)
+    elif op == 1:
+        value_op_into(img, 0, _posterize_bits(level), out, top, left, ph, pw)
+    elif op == 3:
+        value_op_into(img, 1, _solarize_threshold(level), out, top, left, ph, pw)
+    elif op == 9:
+        value_op_into(img, 2, 0, out, top, left, ph, pw)
     elif op <= 10:
         if op == 0:
             lut = equalize_lut(channel_histogram(img))
-        elif op == 1:
-            lut = value_lut(0, _posterize_bits(level))
-        elif op == 3:
-            lut = value_lut(1, _solarize_threshold(level))
-        elif op == 9:
-            lut = value_lut(2, 0)
         else:
             lut = autocontrast_lut(channel_histogram(img), _cutoff(level))
         apply_lut_into(img, lut, out, top, left, ph, pw)

@@ -17,6 +17,10 @@ import math
 import numba as nb
 import numpy as np
 
+_U1 = np.uint64(1)
+_U2 = np.uint64(2)
+_U3 = np.uint64(3)
+
 
 @nb.njit(cache=True)
 def channel_histogram(img: np.ndarray) -> np.ndarray:
@@ -66,42 +70,68 @@ def apply_lut_into(
     img: np.ndarray, lut: np.ndarray, out: np.ndarray, top: int, left: int, ph: int, pw: int
 ) -> None:
     """:func:`apply_lut` over the ``ph`` x ``pw`` box at (top, left) only, into that box of
-    ``out``: a patch that mixes in a point op of ``x`` needs only its box mapped."""
-    for i in range(top, top + ph):
-        for j in range(left, left + pw):
-            out[i, j, 0] = lut[0, img[i, j, 0]]
-            out[i, j, 1] = lut[1, img[i, j, 1]]
-            out[i, j, 2] = lut[2, img[i, j, 2]]
+    ``out``: a patch that mixes in a point op of ``x`` needs only its box mapped.
+
+    Flat unsigned indices: with the box's corner not known to be >= 0, numba checks every
+    signed index for wrap-around, which made a whole 224 px image cost 115-127 us against
+    14-24 us for :func:`apply_lut`."""
+    src = np.ascontiguousarray(img).reshape(-1)
+    dst = out.reshape(-1)
+    l0, l1, l2 = lut[0], lut[1], lut[2]
+    row = np.uint64(3 * img.shape[1])
+    for i in range(np.uint64(top), np.uint64(top + ph)):
+        first = i * row + _U3 * np.uint64(left)
+        for k in range(first, first + _U3 * np.uint64(pw), _U3):
+            dst[k] = l0[src[k]]
+            dst[k + _U1] = l1[src[k + _U1]]
+            dst[k + _U2] = l2[src[k + _U2]]
 
 
 @nb.njit(cache=True)
-def value_lut(op: int, param: int) -> np.ndarray:
-    """The (3, 256) table of a per-value op, the same for every channel: posterize (``op``
-    0) keeping ``param`` bits, solarize (1) at threshold ``param``, invert (2). The kernels
-    below compute the same values branch-free; this is for boxes (:func:`apply_lut_into`)."""
-    lut = np.empty((3, 256), np.uint8)
-    mask = posterize_mask(param)
-    for v in range(256):
+def value_op_into(
+    img: np.ndarray, op: int, param: int, out: np.ndarray, top: int, left: int, ph: int, pw: int
+) -> None:
+    """Posterize (``op`` 0) keeping ``param`` bits, solarize (1) at threshold ``param`` or
+    invert (2) over the ``ph`` x ``pw`` box at (top, left) only, into that box of ``out``:
+    the same arithmetic as :func:`posterize`, :func:`solarize` and :func:`invert`, one
+    contiguous run of values per row (a table lookup per value was 4x slower)."""
+    src = np.ascontiguousarray(img).reshape(-1)
+    dst = out.reshape(-1)
+    m = np.uint8(posterize_mask(param))
+    t = np.int32(param)
+    row = 3 * img.shape[1]
+    n = 3 * pw
+    for i in range(top, top + ph):
+        first = i * row + 3 * left
+        s = src[first : first + n]
+        d = dst[first : first + n]
         if op == 0:
-            w = v & mask
+            for k in range(n):
+                d[k] = s[k] & m
         elif op == 1:
-            w = 255 - v if v >= param else v
+            for k in range(n):
+                v = np.int32(s[k])
+                d[k] = np.uint8(255 - v if v >= t else v)
         else:
-            w = 255 - v
-        lut[0, v] = w
-        lut[1, v] = w
-        lut[2, v] = w
-    return lut
+            for k in range(n):
+                d[k] = ~s[k]
 
 
 @nb.njit(cache=True)
 def mirror_into(img: np.ndarray, out: np.ndarray, top: int, left: int, ph: int, pw: int) -> None:
     """The box (top, left, ph, pw) of :func:`mirror`'s result, into that box of ``out``."""
-    W = img.shape[1]
-    for i in range(top, top + ph):
-        for j in range(left, left + pw):
-            for ch in range(3):
-                out[i, j, ch] = img[i, W - 1 - j, ch]
+    src = np.ascontiguousarray(img).reshape(-1)
+    dst = out.reshape(-1)
+    row = np.uint64(3 * img.shape[1])
+    for i in range(np.uint64(top), np.uint64(top + ph)):
+        # Output pixel j of row i reads pixel W - 1 - j: value k + ch from mirror - k + ch.
+        base = i * row
+        mirror = base + base + row - _U3  # twice the row start, plus the last pixel's offset
+        for k in range(base + _U3 * np.uint64(left), base + _U3 * np.uint64(left + pw), _U3):
+            j = mirror - k
+            dst[k] = src[j]
+            dst[k + _U1] = src[j + _U1]
+            dst[k + _U2] = src[j + _U2]
 
 
 @nb.njit(cache=True)
