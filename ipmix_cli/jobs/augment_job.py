@@ -38,7 +38,7 @@ from ipmix_cli.fs.atomic import (
 )
 from ipmix_cli.jobs.augment_output import AugmentOutput, State
 from ipmix_cli.jobs.augment_spec import AugmentSpec, AugmentSummary
-from ipmix_cli.jobs.augment_tasks import ShardTask, commit_all, compute_shards
+from ipmix_cli.jobs.augment_tasks import ShardTask, commit_all, compute_shards, handed_mixing
 from ipmix_cli.jobs.estimate import estimate_output
 from ipmix_cli.jobs.mixing_prep import PreparedMixing, prepare_mixing
 from ipmix_cli.jobs.parallel import run_unordered
@@ -344,19 +344,6 @@ def _run(
     except OSError as error:
         raise write_error(output.work, error) from None
     output.record_job(json.dumps(plan.identity, sort_keys=True).encode())
-    mixing = plan.mixing
-    mixing_file = output.work / MIXING_FILE
-    if mixing is not None:
-        try:
-            with atomic_path(mixing_file) as tmp, open(tmp, "wb") as handle:
-                np.savez(handle, pictures=mixing.pictures, shapes=mixing.shapes)
-        except OSError as error:
-            raise write_error(mixing_file, error) from None
-    source_file = output.work / SOURCE_FILE
-    write_bytes_atomic(source_file, pickle.dumps(source, protocol=pickle.HIGHEST_PROTOCOL))
-    # Remote workers (dask on other hosts) fetch the work files from the bucket.
-    source_ref, mixing_ref = output.work_refs(source_file, mixing_file, backend)
-
     n_sources = len(source)
     ranges = plan_shards(n_sources, spec.copies, plan.rows_per_shard)
     num_shards = len(ranges)
@@ -367,6 +354,23 @@ def _run(
     for index, (start, stop) in enumerate(ranges):
         if index not in infos:
             todo.setdefault(index % per_copy, []).append((index, start, stop))
+    # Where every task runs in this process (run_unordered's rule), the mixing set is handed
+    # over as it is, not written to a work file and read back (augment_tasks.handed_mixing).
+    serial = backend != "dask" and (resolve_jobs(jobs) == 1 or len(todo) <= 1)
+    in_process = serial or backend == "threads"
+    mixing = plan.mixing
+    mixing_file = output.work / MIXING_FILE
+    if mixing is not None and not in_process:
+        try:
+            with atomic_path(mixing_file) as tmp, open(tmp, "wb") as handle:
+                np.savez(handle, pictures=mixing.pictures, shapes=mixing.shapes)
+        except OSError as error:
+            raise write_error(mixing_file, error) from None
+    source_file = output.work / SOURCE_FILE
+    write_bytes_atomic(source_file, pickle.dumps(source, protocol=pickle.HIGHEST_PROTOCOL))
+    # Remote workers (dask on other hosts) fetch the work files from the bucket.
+    source_ref, mixing_ref = output.work_refs(source_file, mixing_file, backend)
+
     work_spec = output.worker_spec(spec)
     tasks = [
         ShardTask(
@@ -395,10 +399,13 @@ def _run(
     results = run_unordered(compute_shards, tasks, jobs=jobs, backend=backend)
     # Tasks that run one after another in this process leave their shards' writes to the
     # commit thread, which then writes while the next task computes (fs.atomic.deferred_writes).
-    here = backend != "dask" and (resolve_jobs(jobs) == 1 or len(tasks) <= 1)
     local = not isinstance(output, RemoteAugmentOutput)
     try:
-        with deferred_writes() if here and local else contextlib.nullcontext():
+        with contextlib.ExitStack() as stack:
+            if in_process and mixing is not None:
+                stack.enter_context(handed_mixing(mixing_ref, job_hash, mixing))
+            if serial and local:
+                stack.enter_context(deferred_writes())
             for info in commit_all(results, on_progress):
                 infos[info.index] = info
     except BaseException:
