@@ -142,9 +142,17 @@ def _ipmix_view(
         wts[i] = wts[i] / total
         rec[REC_W + i] = wts[i]
 
+    # Chains are summed one step late: the sum starts as the first chain's term (0 + y is y
+    # exactly, so the zeroing pass goes), and the last chain's term is added in the final
+    # pass, so the image is walked once less with the same float32 operations in the same
+    # order. ``pending`` is the chain not yet added: an image chain's own array, or cbuf,
+    # which is added before a later patch chain overwrites it.
     accf = acc.reshape(-1)
-    for e in range(accf.shape[0]):
-        accf[e] = 0.0
+    summed = 0  # chains added into acc so far
+    pending = x  # (a placeholder while has_pending is False)
+    has_pending = False
+    pending_is_cbuf = False
+    pending_coef = np.float32(0.0)
     coef_x = 1.0 - m
     n_sizes = patch_sizes.shape[0]
     for i in range(k):
@@ -173,6 +181,10 @@ def _ipmix_view(
                 r[OPF_NEGATE] = 1.0 if negate else 0.0
                 c = apply_image_op(op, c, level, negate)
         else:
+            if has_pending and pending_is_cbuf:
+                _add_chain(accf, pending.ravel(), pending_coef, summed == 0)
+                summed += 1
+                has_pending = False
             copy_image(cbuf, x)
             c = cbuf
             for j in range(nops):
@@ -199,10 +211,13 @@ def _ipmix_view(
                     patch_mix(cbuf, p, size, rule, state, beta, overflow, r)
         if trace_on:
             chains[i] = c  # (c may come from an image op with any layout)
-        coef = np.float32(m * wts[i])
-        cf = c.ravel()
-        for e in range(accf.shape[0]):
-            accf[e] += coef * np.float32(cf[e])
+        if has_pending:
+            _add_chain(accf, pending.ravel(), pending_coef, summed == 0)
+            summed += 1
+        pending = c
+        has_pending = True
+        pending_is_cbuf = kind == KIND_PATCH
+        pending_coef = np.float32(m * wts[i])
 
     xf = x.ravel()
     of = out.reshape(-1)
@@ -210,9 +225,31 @@ def _ipmix_view(
     half = np.float32(0.5)
     lo = np.float32(0.0)
     hi = np.float32(255.0)
-    for e in range(accf.shape[0]):
-        v = accf[e] + cx * np.float32(xf[e]) + half
-        of[e] = np.uint8(np.int32(min(max(v, lo), hi)))  # round half up, clamped
+    if not has_pending:  # every chain was x: the sum is 0, and 0 + y is y
+        for e in range(of.shape[0]):
+            v = cx * np.float32(xf[e]) + half
+            of[e] = np.uint8(np.int32(min(max(v, lo), hi)))  # round half up, clamped
+        return
+    cf = pending.ravel()
+    if summed == 0:
+        for e in range(of.shape[0]):
+            v = pending_coef * np.float32(cf[e]) + cx * np.float32(xf[e]) + half
+            of[e] = np.uint8(np.int32(min(max(v, lo), hi)))
+        return
+    for e in range(of.shape[0]):
+        v = (accf[e] + pending_coef * np.float32(cf[e])) + cx * np.float32(xf[e]) + half
+        of[e] = np.uint8(np.int32(min(max(v, lo), hi)))
+
+
+@nb.njit(cache=True, inline="always")
+def _add_chain(accf: np.ndarray, cf: np.ndarray, coef: np.float32, first: bool) -> None:
+    """``acc += coef * c`` in float32; the first chain's term is stored as it is."""
+    if first:
+        for e in range(accf.shape[0]):
+            accf[e] = coef * np.float32(cf[e])
+    else:
+        for e in range(accf.shape[0]):
+            accf[e] += coef * np.float32(cf[e])
 
 
 @nb.njit(cache=True, nogil=True)
