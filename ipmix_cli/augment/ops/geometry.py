@@ -151,7 +151,7 @@ def _row_coords(
     WX: np.ndarray,
     WY: np.ndarray,
     KEY: np.ndarray,
-) -> None:
+) -> np.int32:
     """Source coordinates of output pixels ``x_lo .. x_hi - 1`` of row ``y``: Geometry.c's
     affine_transform followed by bilinear_filter32RGB's head (inside test, -0.5, floor,
     fractional weights), written branch-free so LLVM vectorises it.
@@ -162,7 +162,8 @@ def _row_coords(
     at the same column offset, so their four neighbours sit at fixed offsets in memory, and
     finding where a run ends is one comparison a pixel. Out-of-image coordinates are clamped
     before the int conversion only to keep it defined; they are never used. WX / WY hold one
-    weight per RGB value (3 per pixel).
+    weight per RGB value (3 per pixel); in ``_MODE_X`` WY and Y0 are not written, in
+    ``_MODE_Y`` WX and X0 (see :func:`affine_into`).
     """
     fw = float(W)
     fh = float(H)
@@ -172,25 +173,38 @@ def _row_coords(
     # Neighbour actually read: right one unless all WX are 0, lower one unless all WY are 0.
     x_last = np.int32(W - 1 if mode == _MODE_Y else W - 2)
     y_last = np.int32(H - 1 if mode == _MODE_X else H - 2)
-    zero = np.int32(0)
-    for ux in range(np.uint64(x_lo), np.uint64(x_hi)):
-        # Unsigned indices: with signed ones numba checks each store for a negative index
-        # wherever x_lo is not known to be >= 0 (a patch's box), which kept this loop
-        # scalar: the coordinates of a 224 px rotation took 213 us, now 79 (a whole-image
-        # box through affine_into: 282 -> 151 us for shear_x).
-        xi = np.int32(ux)  # int32 -> float converts 4 lanes at once; int64 has no AVX2 op
-        xin = np.float64(xi) + 0.5
-        xx = a * xin + byc + c
-        yy = d * xin + eyf + f
-        ok = (xx >= 0.0) & (xx < fw) & (yy >= 0.0) & (yy < fh)
-        xs = ((xx if xx < fw else fw) if xx >= 0.0 else 0.0) - 0.5
-        ys = ((yy if yy < fh else fh) if yy >= 0.0 else 0.0) - 0.5
-        fx = np.floor(xs)
-        fy = np.floor(ys)
-        x0 = np.int32(fx)
-        y0 = np.int32(fy)
-        wx = xs - fx
-        wy = ys - fy
+    # Unsigned indices: with signed ones numba checks each store for a negative index
+    # wherever x_lo is not known to be >= 0 (a patch's box), which kept these loops scalar:
+    # the coordinates of a 224 px rotation took 213 us, now 79 (a whole-image box through
+    # affine_into: 282 -> 151 us for shear_x). One loop per mode, since a shear needs one
+    # axis only: the other's weight is exactly 0 and its source coordinate a row constant
+    # (shear_x) or x plus an integer (shear_y), which affine_into knows; a test inside one
+    # loop kept it from vectorising.
+    lo, hi = np.uint64(x_lo), np.uint64(x_hi)
+    if mode == _MODE_X:
+        # Returned: the row's source row (d is 0, so every pixel's is this one's).
+        row_y0 = _pixel_coords(lo, a, c, d, f, byc, eyf, fw, fh, x_last, y_last)[1]
+        for ux in range(lo, hi):
+            x0, y0, wx, wy, key = _pixel_coords(ux, a, c, d, f, byc, eyf, fw, fh, x_last, y_last)
+            k = _U3 * ux
+            WX[k] = wx
+            WX[k + _U1] = wx
+            WX[k + _U2] = wx
+            X0[ux] = x0
+            KEY[ux] = key
+        return row_y0
+    if mode == _MODE_Y:
+        for ux in range(lo, hi):
+            x0, y0, wx, wy, key = _pixel_coords(ux, a, c, d, f, byc, eyf, fw, fh, x_last, y_last)
+            k = _U3 * ux
+            WY[k] = wy
+            WY[k + _U1] = wy
+            WY[k + _U2] = wy
+            Y0[ux] = y0
+            KEY[ux] = key
+        return np.int32(0)
+    for ux in range(lo, hi):
+        x0, y0, wx, wy, key = _pixel_coords(ux, a, c, d, f, byc, eyf, fw, fh, x_last, y_last)
         # Weights are stored once per channel so the interpolation loops can run over
         # contiguous RGB values (short runs then still vectorise).
         k = _U3 * ux
@@ -202,9 +216,43 @@ def _row_coords(
         WY[k + _U2] = wy
         X0[ux] = x0
         Y0[ux] = y0
-        inner = (x0 >= zero) & (x0 <= x_last) & (y0 >= zero) & (y0 <= y_last)
-        run = (np.int64(y0) << np.int64(32)) + np.int64(x0 - xi)
-        KEY[ux] = (run if inner else _KEY_EDGE) if ok else _KEY_OUT
+        KEY[ux] = key
+    return np.int32(0)
+
+
+@nb.njit(cache=True, inline="always")
+def _pixel_coords(
+    ux: np.uint64,
+    a: float,
+    c: float,
+    d: float,
+    f: float,
+    byc: float,
+    eyf: float,
+    fw: float,
+    fh: float,
+    x_last: np.int32,
+    y_last: np.int32,
+) -> tuple:
+    """One output pixel's source neighbour, weights and run key (see :func:`_row_coords`)."""
+    zero = np.int32(0)
+    xi = np.int32(ux)  # int32 -> float converts 4 lanes at once; int64 has no AVX2 op
+    xin = np.float64(xi) + 0.5
+    xx = a * xin + byc + c
+    yy = d * xin + eyf + f
+    ok = (xx >= 0.0) & (xx < fw) & (yy >= 0.0) & (yy < fh)
+    xs = ((xx if xx < fw else fw) if xx >= 0.0 else 0.0) - 0.5
+    ys = ((yy if yy < fh else fh) if yy >= 0.0 else 0.0) - 0.5
+    fx = np.floor(xs)
+    fy = np.floor(ys)
+    x0 = np.int32(fx)
+    y0 = np.int32(fy)
+    wx = xs - fx
+    wy = ys - fy
+    inner = (x0 >= zero) & (x0 <= x_last) & (y0 >= zero) & (y0 <= y_last)
+    run = (np.int64(y0) << np.int64(32)) + np.int64(x0 - xi)
+    key = (run if inner else _KEY_EDGE) if ok else _KEY_OUT
+    return x0, y0, wx, wy, key
 
 
 @nb.njit(cache=True)
@@ -353,32 +401,44 @@ def affine_into(
     u1 = np.uint64(1)
     u2 = np.uint64(2)
     x_end = left + pw
+    # The coordinates _row_coords leaves out: shear_y's source x is x + c exactly (a = 1,
+    # b = 0, c integral) with weight 0; shear_x's source row is the same for a whole row.
+    x_shift = int(c) if mode == _MODE_Y else 0
     for y in range(top, top + ph):
-        _row_coords(y, a, b, c, d, e, f, W, H, mode, left, x_end, X0, Y0, WX, WY, KEY)
+        row_y0 = _row_coords(y, a, b, c, d, e, f, W, H, mode, left, x_end, X0, Y0, WX, WY, KEY)
         base = np.uint64(y * row)
         x = left
         while x < x_end:
-            key = KEY[x]
+            key = KEY[np.uint64(x)]
             if key <= _KEY_EDGE:  # the two sentinels are the smallest keys
                 o = base + np.uint64(3 * x)
                 if key == _KEY_OUT:
                     dst[o] = 0
                     dst[o + u1] = 0
                     dst[o + u2] = 0
+                elif mode == _MODE_X:
+                    _edge_pixel(src, dst, o, X0[x], row_y0, WX[3 * x], 0.0, W, H)
+                elif mode == _MODE_Y:
+                    _edge_pixel(src, dst, o, x + x_shift, Y0[x], 0.0, WY[3 * x], W, H)
                 else:
                     _edge_pixel(src, dst, o, X0[x], Y0[x], WX[3 * x], WY[3 * x], W, H)
                 x += 1
                 continue
-            y0 = Y0[x]
-            x2 = x + 1
-            while x2 < x_end and KEY[x2] == key:
-                x2 += 1
+            y0 = row_y0 if mode == _MODE_X else Y0[x]
+            x0 = x + x_shift if mode == _MODE_Y else X0[x]
+            # The run's end: one comparison a pixel, unsigned (a signed index is checked for
+            # wrap-around on every step: ~1/4 of a 224 px shear's time went here).
+            end = np.uint64(x_end)
+            ux2 = np.uint64(x + 1)
+            while ux2 < end and KEY[ux2] == key:
+                ux2 += _U1
+            x2 = np.int64(ux2)
             # Source index of channel 0 of output pixel x' in the run is ra + 3 x'. Indices
             # are unsigned (numba then skips negative-index wrap-around checks, which
             # otherwise dominate these loops); ra itself may wrap below zero when the
             # column offset is negative, which is harmless since ra + 3 x' is exact
             # modulo 2**64.
-            ra = np.uint64(y0 * row) + np.uint64(3 * (X0[x] - x))
+            ra = np.uint64(y0 * row) + np.uint64(3 * (x0 - x))
             rb = ra + np.uint64(row)
             if mode == _MODE_XY:
                 _run_xy(src, dst, base, ra, rb, 3 * x, 3 * x2, WX, WY)
