@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hostile import ipmix, mixing_folder, one_line_failure, output_digest, small_npz
+from page_cache import needs_fincore, resident_bytes
 
 from ipmix_cli.fs import direct_io
 from ipmix_cli.fs.atomic import write_new_file
@@ -21,7 +22,6 @@ from ipmix_cli.fs.atomic import write_new_file
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a file system needs root")
 Mount = Callable[[str, int], Path]
 """Mounts a file system of a kind ("tmpfs", "ext4") and a size in MB for the test."""
-needs_fincore = pytest.mark.skipif(shutil.which("fincore") is None, reason="needs fincore")
 FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL
 
 
@@ -32,17 +32,6 @@ def pieces_of(sizes: list[int], seed: int = 0) -> list[np.ndarray]:
 
 def joined(pieces: list[np.ndarray]) -> bytes:
     return b"".join(piece.tobytes() for piece in pieces)
-
-
-def resident_bytes(path: Path) -> int:
-    """How much of ``path`` the page cache holds, as util-linux's fincore counts it."""
-    report = subprocess.run(
-        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return int(report.stdout.split()[0])
 
 
 def direct_fd(path: Path) -> int:

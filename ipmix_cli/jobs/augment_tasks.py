@@ -27,6 +27,7 @@ from ipmix_cli.augment.config import IPMixConfig
 from ipmix_cli.augment.engine import augment_batch, augment_images, clean_images
 from ipmix_cli.augment.mixing_set import MixingSet
 from ipmix_cli.errors import AugmentError
+from ipmix_cli.fs.readahead import read_ahead
 from ipmix_cli.jobs.augment_spec import AugmentSpec
 from ipmix_cli.jobs.orphans import die_with_parent
 from ipmix_cli.remote.store import ObjectStore
@@ -177,12 +178,16 @@ def compute_shards(task: ShardTask) -> list[PendingShard | UploadedShard]:
     first = task.shards[0][1] % n
     count = task.shards[0][2] - task.shards[0][1]
     parts: list[list[dict[str, np.ndarray]]] = [[] for _ in task.shards]
-    for a in range(first, first + count, DECODE_BATCH):
-        sources = np.arange(a, min(a + DECODE_BATCH, first + count), dtype=np.int64)
-        images = source.read_batch(sources)
-        for k, (_, start, _) in enumerate(task.shards):
-            rows = start - first + sources  # the same sources, copy start // n
-            parts[k].append(augment_rows(spec, rows, n, source, mixing, images))
+    files = source.file_paths(range(first, first + count))
+    with read_ahead(files, depth=2 * DECODE_BATCH) as ahead:  # the next batch's files
+        for a in range(first, first + count, DECODE_BATCH):
+            sources = np.arange(a, min(a + DECODE_BATCH, first + count), dtype=np.int64)
+            images = source.read_batch(sources)
+            if ahead is not None:
+                ahead.consumed(len(sources))
+            for k, (_, start, _) in enumerate(task.shards):
+                rows = start - first + sources  # the same sources, copy start // n
+                parts[k].append(augment_rows(spec, rows, n, source, mixing, images))
     pending: list[PendingShard | UploadedShard] = []
     for (index, _, _), chunks in zip(task.shards, parts, strict=True):
         arrays = {key: np.concatenate([c[key] for c in chunks]) for key in chunks[0]}

@@ -112,6 +112,12 @@ class Source:
         """Image ``i`` as a C-contiguous uint8 (H, W, 3) array."""
         raise NotImplementedError
 
+    def file_paths(self, indices: Iterable[int]) -> list[str]:
+        """The files images ``indices`` are read from, one each, for a reader to ask the disk
+        for ahead of time (:mod:`ipmix_cli.fs.readahead`); empty where images do not live in
+        files of their own (arrays, HDF5)."""
+        return []
+
     def read_batch(self, indices: Iterable[int]) -> np.ndarray | list[np.ndarray]:
         """Images for ``indices`` (any order, repeats allowed).
 

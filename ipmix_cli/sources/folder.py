@@ -27,10 +27,11 @@ import numpy as np
 from ipmix_cli.cores import resolve_jobs
 from ipmix_cli.errors import DecodeError, IpmixError, SourceError
 from ipmix_cli.fs.digest_cache import sha256_file
+from ipmix_cli.fs.readahead import read_ahead
 from ipmix_cli.sources.base import Progress, Source, is_hidden, is_ipmix_output
 from ipmix_cli.sources.class_map import ClassMap
 from ipmix_cli.sources.decode import decode_image, is_image_name
-from ipmix_cli.sources.headers import probe_image
+from ipmix_cli.sources.headers import HEAD_BYTES, TAIL_BYTES, probe_image
 
 FINGERPRINTS = ("stat", "full")
 PARALLEL_FROM = 2048  # files: below this a pool costs more than it saves
@@ -63,7 +64,16 @@ def _probe_many(root: str, relpaths: list[str], full: bool) -> tuple[np.ndarray,
     """A chunk's results, compact so the parent does little per file: the (h, w) of each file
     (-1 where it failed), ``(position, reason)`` of the failures, and the fingerprint lines of
     the others, joined."""
-    results = [_probe_file(root, rel, full) for rel in relpaths]
+    paths = [os.path.join(root, rel) for rel in relpaths]
+    # The scan reads a header and a tail per file, in order: the disk fetches the next
+    # files' while this one is parsed (a whole-file hash reads the whole file).
+    ranges = ((0, 0),) if full else ((0, HEAD_BYTES), (-TAIL_BYTES, TAIL_BYTES))
+    results = []
+    with read_ahead(paths, ranges) as ahead:
+        for rel in relpaths:
+            results.append(_probe_file(root, rel, full))
+            if ahead is not None:
+                ahead.consumed()
     sizes = np.array([size for size, _, _ in results], dtype=np.int32).reshape(-1, 2)
     errors = [(i, error) for i, (_, error, _) in enumerate(results) if error is not None]
     text = "".join(
@@ -344,6 +354,9 @@ class FolderSource(Source):
 
     def read(self, i: int) -> np.ndarray:
         return decode_image(self.file_path(i))
+
+    def file_paths(self, indices: Iterable[int]) -> list[str]:
+        return [str(self.file_path(i)) for i in indices]
 
     def _fingerprint_from(self, lines: list[str], files: int) -> dict[str, Any]:
         digest = hashlib.sha256("".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
