@@ -247,6 +247,29 @@ def test_imagenet_path_is_per_sample() -> None:
     assert np.array_equal(rev, batch[::-1])
 
 
+@pytest.mark.parametrize("preset", ["cifar", "imagenet"])
+@pytest.mark.parametrize("jsd", [False, True])
+def test_results_written_into_a_given_array(preset: str, jsd: bool) -> None:
+    """``out=``: the same bytes written into a slice of a larger block (a shard's rows), the
+    rows around it untouched; the wrong shape, dtype or layout is refused before any work."""
+    config = IPMixConfig.preset(preset, size=(32, 32), jsd=jsd)
+    mixing = mixing_for(config)
+    images = natural_images(9, 32 if preset == "cifar" else 44, 32 if preset == "cifar" else 52, 3)
+    run = augment_batch if preset == "cifar" else augment_images
+    expected = run(images, np.arange(9), 1, mixing, config, 5)
+    block = np.full((13, *expected.shape[1:]), 7, np.uint8)
+    got = run(images, np.arange(9), 1, mixing, config, 5, out=block[2:11])
+    assert np.shares_memory(got, block) and np.array_equal(block[2:11], expected)
+    assert (block[:2] == 7).all() and (block[11:] == 7).all()
+    for bad in (
+        np.empty((8, *expected.shape[1:]), np.uint8),  # one row short
+        np.empty(expected.shape, np.int16),
+        np.empty((9, *expected.shape[1:-1], 6), np.uint8)[..., ::2],  # strided
+    ):
+        with pytest.raises(ValueError, match="out must be a C-contiguous uint8 array"):
+            run(images, np.arange(9), 1, mixing, config, 5, out=bad)
+
+
 def test_traced_and_untraced_outputs_agree() -> None:
     config = IPMixConfig.preset("imagenet", size=(32, 32), jsd=True)
     mixing = mixing_for(config)

@@ -65,6 +65,8 @@ def augment_batch(
     mixing: MixingSet,
     config: IPMixConfig,
     seed: int,
+    *,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """IPMix a batch of same-size images.
 
@@ -73,8 +75,12 @@ def augment_batch(
     'imagenet' any size (each image is RandomResizedCrop'd to it).
     ``source_indices``: (N,) dataset indices; ``copy_index``: one int or (N,) ints.
     Returns (N, H', W', 3) uint8, or (N, 3, H', W', 3) = [clean, view1, view2] with ``jsd``.
+    ``out``: a C-contiguous uint8 array of that shape to write the result into (and return),
+    such as a slice of a shard's rows, which saves gathering batches into it afterwards.
     """
-    return _run(images, source_indices, copy_index, mixing, config, seed, False, resize=False)[0]
+    return _run(
+        images, source_indices, copy_index, mixing, config, seed, False, resize=False, out=out
+    )[0]
 
 
 def augment_images(
@@ -84,13 +90,18 @@ def augment_images(
     mixing: MixingSet,
     config: IPMixConfig,
     seed: int,
+    *,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Like :func:`augment_batch` for a list of images of any sizes, with every preset: with
     'imagenet' each is RandomResizedCrop'd to ``config.size``; with 'cifar' and 'none' each goes
     through the size policy first (``resize='center'``: Resize + CenterCrop, an image of the
     output size untouched; ``'exact'``: refused unless of the output size). Then one kernel
-    call for all, so each sample has the bytes :func:`augment_batch` gives it."""
-    return _run(images, source_indices, copy_index, mixing, config, seed, False, resize=True)[0]
+    call for all, so each sample has the bytes :func:`augment_batch` gives it. ``out`` as for
+    :func:`augment_batch`."""
+    return _run(
+        images, source_indices, copy_index, mixing, config, seed, False, resize=True, out=out
+    )[0]
 
 
 def augment_image(
@@ -160,6 +171,7 @@ def _run(
     seed: int,
     trace: bool,
     resize: bool,
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, RecipeTrace | None]:
     if not isinstance(config, IPMixConfig):
         raise TypeError(f"config must be an IPMixConfig, got {type(config).__name__}")
@@ -182,6 +194,8 @@ def _run(
     H, W = config.size
     k, t = config.k, config.t
     n_views = 2 if config.jsd else 1
+    given = out
+    out = _result_array(given, (n, config.n_views, H, W, 3))
 
     trace0 = np.full((max(n, 1), PRE_FIELDS), -1.0) if trace else np.empty((1, 1))
     if config.pre == "imagenet":
@@ -197,7 +211,6 @@ def _run(
         batch = _fit_to_size(images, config, resize)
         pre_mode = PRE_MODE_CIFAR if config.pre == "cifar" else PRE_MODE_NONE
 
-    out = np.empty((n, config.n_views, H, W, 3), dtype=np.uint8)
     if trace:
         rec = np.empty((n, n_views, view_record_length(k, t)), dtype=np.float64)
         chains = np.empty((n, n_views, k, H, W, 3), dtype=np.uint8)
@@ -230,10 +243,25 @@ def _run(
             trace0,
             chains,
         )
-    result = out if config.jsd else out.reshape(n, H, W, 3)
+    result = given if given is not None else out if config.jsd else out.reshape(n, H, W, 3)
     if not trace:
         return result, None
     return result, RecipeTrace.decode(rec, trace0[:n], chains, k, t)
+
+
+def _result_array(given: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    """The kernel's (N, views, H, W, 3) output: new, or a view of the caller's ``given`` array
+    of the result's shape ((N, H, W, 3) for one view)."""
+    if given is None:
+        return np.empty(shape, dtype=np.uint8)
+    n, views = shape[0], shape[1]
+    expected = shape if views > 1 else (n, *shape[2:])
+    if given.shape != expected or given.dtype != np.uint8 or not given.flags.c_contiguous:
+        raise ValueError(
+            f"out must be a C-contiguous uint8 array of shape {expected}, got {given.dtype} "
+            f"{given.shape}{'' if given.flags.c_contiguous else ' (not C-contiguous)'}"
+        )
+    return given.reshape(shape)
 
 
 def _fit_to_size(

@@ -122,6 +122,7 @@ DEFERRED_BYTES = 512 << 20
 """Most bytes of staged shards waiting for their deferred write (``fs.atomic.deferred_writes``)
 before :func:`commit_all` lets the next task compute."""
 
+INDEX_KEYS = ("labels", "source_index", "copy_index")
 DECODE_BATCH = 64  # sources decoded at a time within a task: bounds the memory of originals
 
 
@@ -132,9 +133,12 @@ def augment_rows(
     source: Source,
     mixing: MixingSet | None,
     images: np.ndarray | list[np.ndarray] | None = None,
+    out: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """The shard arrays of output ``rows`` (any rows: a shard's range, or the sample that the
-    dry run times); ``images``: the rows' source images when already decoded."""
+    dry run times); ``images``: the rows' source images when already decoded; ``out``: the
+    (rows, views, H, W, 3) block of the shard's rows to fill (the image arrays returned are
+    views of it), so a shard's batches need no gathering afterwards."""
     config = spec.config
     copies, sources = copy_and_source(np.asarray(rows, dtype=np.int64), n_sources)
     labels = np.asarray(source.labels, dtype=np.int64)[sources]
@@ -142,12 +146,17 @@ def augment_rows(
         images = source.read_batch(sources)
     expected = (*config.size, 3)
     uniform = isinstance(images, np.ndarray) and images.shape[1:] == expected
+    # The engine's own result shape: (rows, H, W, 3) for one view.
+    into = out if out is None or config.jsd else out.reshape(out.shape[0], *out.shape[2:])
     if spec.clean:
-        out = clean_images(list(images), config)
+        result = clean_images(list(images), config)
+        if into is not None:
+            into[...] = result
     elif config.pre != "imagenet" and uniform:  # the batch kernel: no per-image Python
-        out = augment_batch(np.asarray(images), sources, copies, mixing, config, spec.seed)
+        batch = np.asarray(images)
+        result = augment_batch(batch, sources, copies, mixing, config, spec.seed, out=into)
     elif config.accepts_any_size:
-        out = augment_images(list(images), sources, copies, mixing, config, spec.seed)
+        result = augment_images(list(images), sources, copies, mixing, config, spec.seed, out=into)
     else:  # checked before the job started; a file changed since?
         shapes = {tuple(np.shape(image)) for image in images}
         bad = next(s for s in shapes if s != expected)
@@ -157,11 +166,16 @@ def augment_rows(
             "the run?)"
         )
     arrays = {"labels": labels, "source_index": sources, "copy_index": copies}
-    if config.jsd:
-        arrays.update(clean=out[:, 0], images=out[:, 1], images2=out[:, 2])
-    else:
-        arrays["images"] = out
+    arrays.update(image_arrays(result if out is None else out, config.jsd))
     return arrays
+
+
+def image_arrays(block: np.ndarray, jsd: bool) -> dict[str, np.ndarray]:
+    """A shard's image datasets as views of its (rows, views, H, W, 3) ``block`` of rows (or
+    (rows, H, W, 3) with one view)."""
+    if jsd:
+        return {"clean": block[:, 0], "images": block[:, 1], "images2": block[:, 2]}
+    return {"images": block.reshape(block.shape[0], *block.shape[-3:])}
 
 
 def compute_shards(task: ShardTask) -> list[PendingShard | UploadedShard]:
@@ -177,6 +191,10 @@ def compute_shards(task: ShardTask) -> list[PendingShard | UploadedShard]:
     n = task.n_sources
     first = task.shards[0][1] % n
     count = task.shards[0][2] - task.shards[0][1]
+    # Each shard's rows are computed straight into its block, batch by batch.
+    h, w = spec.config.size
+    views = spec.config.n_views
+    blocks = [np.empty((count, views, h, w, 3), np.uint8) for _ in task.shards]
     parts: list[list[dict[str, np.ndarray]]] = [[] for _ in task.shards]
     files = source.file_paths(range(first, first + count))
     with read_ahead(files, depth=2 * DECODE_BATCH) as ahead:  # the next batch's files
@@ -187,10 +205,14 @@ def compute_shards(task: ShardTask) -> list[PendingShard | UploadedShard]:
                 ahead.consumed(len(sources))
             for k, (_, start, _) in enumerate(task.shards):
                 rows = start - first + sources  # the same sources, copy start // n
-                parts[k].append(augment_rows(spec, rows, n, source, mixing, images))
+                block = blocks[k][a - first : a - first + len(sources)]
+                arrays = augment_rows(spec, rows, n, source, mixing, images, block)
+                parts[k].append({key: arrays[key] for key in INDEX_KEYS})
     pending: list[PendingShard | UploadedShard] = []
     for (index, _, _), chunks in zip(task.shards, parts, strict=True):
-        arrays = {key: np.concatenate([c[key] for c in chunks]) for key in chunks[0]}
+        arrays = {key: np.concatenate([c[key] for c in chunks]) for key in INDEX_KEYS}
+        # Handed over: once written, nothing here holds the rows (a deferred write may).
+        arrays.update(image_arrays(blocks.pop(0), spec.config.jsd))
         name = shard_filename(index, task.num_shards)
         folder = stage_root() / task.job_hash if task.stage_on_worker else shard_dir(spec.out)
         shard = write_shard_pending(
@@ -203,7 +225,7 @@ def compute_shards(task: ShardTask) -> list[PendingShard | UploadedShard]:
             quality=spec.quality,
             file_name=name,
         )
-        chunks.clear()  # the raw rows of this copy are in the staged file now
+        del arrays
         if spec.remote is not None:  # the worker uploads: one staged shard per worker at most
             url = shards_prefix(spec.remote).child(name)
             pending.append(PendingUpload(shard.staged, shard.info, url).upload())
