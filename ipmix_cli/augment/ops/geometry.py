@@ -187,9 +187,7 @@ def _row_coords(
         for ux in range(lo, hi):
             x0, y0, wx, wy, key = _pixel_coords(ux, a, c, d, f, byc, eyf, fw, fh, x_last, y_last)
             k = _U3 * ux
-            WX[k] = wx
-            WX[k + _U1] = wx
-            WX[k + _U2] = wx
+            _per_channel(WX, k, wx)
             X0[ux] = x0
             KEY[ux] = key
         return row_y0
@@ -197,9 +195,7 @@ def _row_coords(
         for ux in range(lo, hi):
             x0, y0, wx, wy, key = _pixel_coords(ux, a, c, d, f, byc, eyf, fw, fh, x_last, y_last)
             k = _U3 * ux
-            WY[k] = wy
-            WY[k + _U1] = wy
-            WY[k + _U2] = wy
+            _per_channel(WY, k, wy)
             Y0[ux] = y0
             KEY[ux] = key
         return np.int32(0)
@@ -208,16 +204,20 @@ def _row_coords(
         # Weights are stored once per channel so the interpolation loops can run over
         # contiguous RGB values (short runs then still vectorise).
         k = _U3 * ux
-        WX[k] = wx
-        WX[k + _U1] = wx
-        WX[k + _U2] = wx
-        WY[k] = wy
-        WY[k + _U1] = wy
-        WY[k + _U2] = wy
+        _per_channel(WX, k, wx)
+        _per_channel(WY, k, wy)
         X0[ux] = x0
         Y0[ux] = y0
         KEY[ux] = key
     return np.int32(0)
+
+
+@nb.njit(cache=True, inline="always")
+def _per_channel(weights: np.ndarray, k: np.uint64, w: float) -> None:
+    """A pixel's weight once per channel at ``k`` (see :func:`_row_coords`)."""
+    weights[k] = w
+    weights[k + _U1] = w
+    weights[k + _U2] = w
 
 
 @nb.njit(cache=True, inline="always")
