@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from ipmix_cli.fs.atomic import temporary_sibling, write_new_file
+from ipmix_cli.fs.regular import open_regular
 from ipmix_cli.fs.user_cache import cache_root
 
 CACHE_MIN_BYTES = 16 << 20
@@ -38,7 +39,7 @@ _BLOCK = 1 << 20
 def sha256_file(path: str | os.PathLike[str]) -> str:
     """Hex sha256 of a file's bytes, read in 1 MiB blocks (constant memory); remembered for
     files of :data:`CACHE_MIN_BYTES` or more while their status is unchanged."""
-    with open(path, "rb") as handle:
+    with open(open_regular(path), "rb") as handle:  # a named pipe would wait forever
         before = os.fstat(handle.fileno())
         entry = _entry_path(path, before) if before.st_size >= CACHE_MIN_BYTES else None
         if entry is not None:

@@ -8,7 +8,8 @@ for the disk: 0.13-0.23 ms a 20 KB JPEG here against 0.02 ms from the cache, a f
 (opening a file may itself wait for the disk) a bounded number of files ahead of the reader,
 so the disk works while this process computes, and a data set larger than memory is not pulled
 in at once to evict itself. Nothing here changes what is read: where the platform has no
-``posix_fadvise``, or a file cannot be opened, the advice is skipped and the real read reports.
+``posix_fadvise``, or a file cannot be opened or is not a regular file, the advice is skipped
+and the real read reports.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+
+from ipmix_cli.fs.regular import open_regular
 
 DEPTH = 64
 """Files advised ahead of the reader: enough to keep a disk's queue busy, little memory."""
@@ -31,7 +34,7 @@ def advise(path: str, ranges: Sequence[tuple[int, int]] = ((0, 0),)) -> None:
     if _ADVISE is None:
         return
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = open_regular(path)  # a named pipe in the folder must not hang the thread
     except OSError:
         return
     try:

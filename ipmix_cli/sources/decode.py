@@ -41,6 +41,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from ipmix_cli.errors import DecodeError
+from ipmix_cli.fs.regular import NotRegularFileError, read_regular
 from ipmix_cli.sources.fast_jpeg import SOI, decode_simple_jpeg
 from ipmix_cli.sources.plain_png import SIGNATURE, decode_plain_png
 
@@ -99,9 +100,11 @@ def decode_image(src: ImageInput, *, name: str | None = None) -> np.ndarray:
         return to_rgb_array(src, name=label)
     if isinstance(src, (str, os.PathLike)):
         try:
-            data = Path(src).read_bytes()
+            data = read_regular(src)
         except FileNotFoundError:
             raise DecodeError(label, "no such file") from None
+        except NotRegularFileError as error:
+            raise DecodeError(label, f"{error.kind}, not an image file") from None
         except OSError as error:
             raise DecodeError(label, f"cannot read file ({error.strerror or error})") from None
         stream: BinaryIO = io.BytesIO(data)

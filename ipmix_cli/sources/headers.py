@@ -24,6 +24,7 @@ import struct
 from dataclasses import dataclass
 
 from ipmix_cli.errors import DecodeError
+from ipmix_cli.fs.regular import NotRegularFileError, open_regular
 
 HEAD_BYTES = 64 * 1024  # JPEG headers (EXIF thumbnails included) nearly always fit
 TAIL_BYTES = 64
@@ -139,9 +140,11 @@ def _decoded_size(path: str) -> tuple[int, int]:
 def probe_image(path: str) -> ImageHeader:
     """Check one file's header (see the module doc); :class:`DecodeError` names what is wrong."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+        fd = open_regular(path)
     except FileNotFoundError:
         raise DecodeError(path, "no such file") from None
+    except NotRegularFileError as error:
+        raise DecodeError(path, f"{error.kind}, not an image file") from None
     except OSError as error:
         raise DecodeError(path, f"cannot read file ({error.strerror or error})") from None
     try:
