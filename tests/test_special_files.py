@@ -115,6 +115,21 @@ def test_a_pipe_in_the_mixing_set_fails_in_one_line(tmp_path: Path) -> None:
         release(fifo)
 
 
+def test_a_mixing_set_that_is_a_pipe_or_a_device(tmp_path: Path) -> None:
+    folder = image_folder(tmp_path / "data", [(32, 32)] * 4)
+    fifo = pipe(tmp_path / "bank")
+    try:
+        kinds = ((fifo, "a named pipe (FIFO)"), (Path(os.devnull), "a character device"))
+        for given, kind in kinds:
+            result = ipmix(
+                "augment", "--input", folder, "--out", tmp_path / "o.h5", "--mixing-set", given,
+                "--preset", "cifar", "--quiet", timeout=120,
+            )  # fmt: skip
+            one_line_failure(result, str(given), f"{kind}, not a mixing set folder or HDF5 bank")
+    finally:
+        release(fifo)
+
+
 def test_an_input_that_is_a_pipe_or_a_device(tmp_path: Path) -> None:
     bank = mixing_folder(tmp_path / "bank")
     fifo = pipe(tmp_path / "data")
