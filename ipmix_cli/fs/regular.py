@@ -39,18 +39,22 @@ def kind_of(mode: int) -> str:
     return next((name for test, name in kinds if test(mode)), "a special file")
 
 
+def path_kind(path: str | os.PathLike[str]) -> str:
+    """What ``path`` is ("a folder", "a named pipe (FIFO)"...), for a message."""
+    return kind_of(os.stat(path).st_mode)
+
+
 def open_regular(path: str | os.PathLike[str]) -> int:
     """A read-only descriptor of ``path`` (the caller closes it); :class:`NotRegularFileError` if
     it is not a regular file, the open's own ``OSError`` if it cannot be opened."""
     fd = os.open(path, _FLAGS)
     try:
         mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(path, mode)
     except BaseException:
         os.close(fd)
         raise
-    if not stat.S_ISREG(mode):
-        os.close(fd)
-        raise NotRegularFileError(path, mode)
     return fd
 
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ipmix_cli.errors import SourceError
-from ipmix_cli.fs.regular import kind_of
+from ipmix_cli.fs.regular import path_kind
 from ipmix_cli.sources.arrays import Hdf5Source, NpySource, NpzSource
 from ipmix_cli.sources.base import Progress, Source
 from ipmix_cli.sources.cifar import CifarSource, cifar_variant
@@ -29,7 +29,7 @@ def detect_format(path: str | os.PathLike[str]) -> str:
     if p.is_dir():
         return "cifar" if cifar_variant(p) else "folder"
     if not p.is_file():  # sniffing a named pipe's first bytes would wait for a writer
-        raise SourceError(p, f"{_kind(p)}, not a data set file or folder")
+        raise SourceError(p, f"{path_kind(p)}, not a data set file or folder")
     suffix = p.suffix.lower()
     if suffix == ".npz":
         return "npz"
@@ -93,9 +93,9 @@ def open_source(
         raise SourceError(p, "no such file or folder")
     fmt = input_format or detect_format(p)
     if fmt in ("folder", "cifar") and not p.is_dir():
-        raise SourceError(p, f"input format '{fmt}' needs a folder, this is {_kind(p)}")
+        raise SourceError(p, f"input format '{fmt}' needs a folder, this is {path_kind(p)}")
     if fmt in ("npz", "npy", "hdf5") and not p.is_file():
-        raise SourceError(p, f"input format '{fmt}' needs a file, this is {_kind(p)}")
+        raise SourceError(p, f"input format '{fmt}' needs a file, this is {path_kind(p)}")
     if fmt == "folder":
         return FolderSource(
             p,
@@ -118,8 +118,3 @@ def open_source(
     if fmt == "npy":
         return NpySource(p, labels_path=labels_path)
     return Hdf5Source(p)
-
-
-def _kind(p: Path) -> str:
-    """What ``p`` is ("a folder", "a named pipe (FIFO)"...), for a message."""
-    return kind_of(p.stat().st_mode)

@@ -38,12 +38,11 @@ PARALLEL_FROM = 2048  # files: below this a pool costs more than it saves
 _CHUNK = 512
 
 
-def _probe_file(root: str, rel: str, full: bool) -> tuple[Any, ...]:
+def _probe_file(path: str, full: bool) -> tuple[Any, ...]:
     """Check one image file: ``((h, w), None, key)`` or ``((-1, -1), error, "")``.
 
     ``key`` is what the fingerprint records for the file: its size, modification time, format
     and size (``stat``), or its size and content hash (``full``)."""
-    path = os.path.join(root, rel)
     try:
         header = probe_image(path)
         if full:
@@ -70,8 +69,8 @@ def _probe_many(root: str, relpaths: list[str], full: bool) -> tuple[np.ndarray,
     ranges = ((0, 0),) if full else ((0, HEAD_BYTES), (-TAIL_BYTES, TAIL_BYTES))
     results = []
     with read_ahead(paths, ranges) as ahead:
-        for rel in relpaths:
-            results.append(_probe_file(root, rel, full))
+        for path in paths:
+            results.append(_probe_file(path, full))
             if ahead is not None:
                 ahead.consumed()
     sizes = np.array([size for size, _, _ in results], dtype=np.int32).reshape(-1, 2)

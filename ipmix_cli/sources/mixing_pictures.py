@@ -10,7 +10,7 @@ import numpy as np
 
 from ipmix_cli.cores import available_cores
 from ipmix_cli.errors import IpmixError, SourceError, one_line
-from ipmix_cli.fs.regular import kind_of
+from ipmix_cli.fs.regular import path_kind
 from ipmix_cli.sources.arrays import check_images
 from ipmix_cli.sources.base import is_hidden
 from ipmix_cli.sources.decode import decode_image, is_image_name
@@ -31,8 +31,7 @@ def mixing_files(path: str | os.PathLike[str]) -> list[Path]:
         raise SourceError(p, "mixing set does not exist")
     if not p.is_dir():
         if not p.is_file():  # opening a named pipe would wait for a writer
-            kind = kind_of(p.stat().st_mode)
-            raise SourceError(p, f"{kind}, not a mixing set folder or HDF5 bank file")
+            raise SourceError(p, f"{path_kind(p)}, not a mixing set folder or HDF5 bank file")
         return [p]
     files: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(p):
