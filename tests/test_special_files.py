@@ -15,10 +15,11 @@ import h5py
 import pytest
 from hostile import image_folder, ipmix, mixing_folder, one_line_failure
 
-from ipmix_cli.errors import DecodeError
+from ipmix_cli.errors import DecodeError, ShardError
 from ipmix_cli.fs.digest_cache import sha256_file
 from ipmix_cli.fs.readahead import ReadAhead, advise
 from ipmix_cli.fs.regular import NotRegularFileError, kind_of, read_regular
+from ipmix_cli.shards import check_output
 from ipmix_cli.sources.decode import decode_image
 from ipmix_cli.sources.headers import probe_image
 
@@ -156,5 +157,26 @@ def test_read_ahead_passes_over_pipes(tmp_path: Path) -> None:
         assert finishes(advise, str(fifo))
         ahead = ReadAhead([str(fifo), str(tmp_path / "f.jpg")], depth=4)
         assert finishes(ahead.close)
+    finally:
+        release(fifo)
+
+
+def test_an_output_entry_that_is_a_pipe_or_a_device(tmp_path: Path) -> None:
+    """``verify``, ``inspect`` and ``preview`` open the entry file with HDF5, which would wait
+    on a pipe for ever; readers check the entry through the same function."""
+    fifo = pipe(tmp_path / "out.h5")
+    try:
+        for given, kind in (
+            (fifo, "a named pipe (FIFO)"),
+            (Path(os.devnull), "a character device"),
+        ):
+            for command in (("verify",), ("inspect",), ("preview", "--out", tmp_path / "p.png")):
+                result = ipmix(command[0], given, *command[1:], timeout=60)
+                one_line_failure(result, str(given), f"{kind}, not an output entry file")
+            error = raised(check_output, given)
+            assert isinstance(error, ShardError) and kind in str(error), error
+        assert not (tmp_path / "p.png").exists()
+        error = raised(check_output, tmp_path / "absent.h5")
+        assert isinstance(error, ShardError) and "does not exist" in str(error), error
     finally:
         release(fifo)

@@ -44,6 +44,19 @@ def path_kind(path: str | os.PathLike[str]) -> str:
     return kind_of(os.stat(path).st_mode)
 
 
+def regular_or_absent(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` exists; :class:`NotRegularFileError` if it is there but is not a
+    regular file. For readers such as HDF5's that open a path themselves: a ``stat`` (which
+    never blocks) before they can wait on a pipe."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(mode):
+        raise NotRegularFileError(path, mode)
+    return True
+
+
 def open_regular(path: str | os.PathLike[str]) -> int:
     """A read-only descriptor of ``path`` (the caller closes it); :class:`NotRegularFileError` if
     it is not a regular file, the open's own ``OSError`` if it cannot be opened."""

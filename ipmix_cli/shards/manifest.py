@@ -29,6 +29,7 @@ from typing import Any
 import h5py
 
 from ipmix_cli.errors import ShardError, one_line
+from ipmix_cli.fs.regular import NotRegularFileError, regular_or_absent
 from ipmix_cli.shards.attrs import decode_attr, json_default
 from ipmix_cli.shards.layout import ENTRY_KIND, FORMAT_VERSION, META_GROUP, ROW_LAYOUT
 
@@ -267,8 +268,11 @@ def _str(d: Mapping[str, Any], key: str, where: str, default: str | None = None)
 def read_manifest(entry: Path) -> Manifest:
     """The manifest of the entry file ``entry``, after checking it is one we can read (format
     version 2 keeps it in the ``ipmix/manifest`` dataset, version 1 in an attribute)."""
-    if not entry.exists():
-        raise ShardError(entry, "output entry file does not exist")
+    try:
+        if not regular_or_absent(entry):
+            raise ShardError(entry, "output entry file does not exist")
+    except NotRegularFileError as error:  # a pipe would hang HDF5's open
+        raise ShardError(entry, f"{error.kind}, not an output entry file") from None
     try:
         with h5py.File(entry, "r") as f:
             kind = decode_attr(f.attrs.get("kind"))
