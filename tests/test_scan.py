@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import re
 import zlib
 from collections import Counter
@@ -20,7 +21,9 @@ from PIL import Image
 
 import ipmix_cli.sources.decode as decode_module
 import ipmix_cli.sources.folder as folder_module
+from ipmix_cli.augment.config import IPMixConfig
 from ipmix_cli.cli import main
+from ipmix_cli.jobs.augment_spec import AugmentSpec
 from ipmix_cli.readers import ShardReader
 from ipmix_cli.sources import open_source
 from ipmix_cli.sources.headers import probe_image
@@ -259,3 +262,28 @@ def test_mixed_size_jpegs_work_with_every_preset_and_size(
     reader = ShardReader(out)
     images = reader.read(np.arange(len(reader)))["images"]
     assert images.shape == (18, h, w, 3) and images.std() > 10  # real pictures, not blanks
+
+
+@pytest.mark.parametrize("copies", [1, 2, 4, 10, 100])
+@pytest.mark.parametrize(
+    ("preset", "n"), [("imagenet", 4_000), ("cifar", 50_000), ("imagenet", 400)]
+)
+def test_default_shards_hold_16_mib_or_more_while_a_task_stays_within_256(
+    tmp_path: Path, preset: str, n: int, copies: int
+) -> None:
+    """The default plan: a task (one shard per copy) of at most 256 MiB, and each shard
+    16 MiB or more unless that would take its task past 256 MiB (with several copies a shard
+    was 1/copies of the task, 9 MiB at 224 px with 4 copies: many files, each paying its
+    metadata and fsync)."""
+    config = IPMixConfig.preset(preset)
+    spec = AugmentSpec(tmp_path / "in.npz", tmp_path / "bank", tmp_path / "o.h5", config, copies)
+    row = config.size[0] * config.size[1] * 3
+    rows = spec.rows_per_shard(n)
+    mib = 1 << 20
+    shard, task = rows * row, rows * row * copies
+    assert rows >= 8 and task <= 256 * mib
+    if 16 * copies <= 256:
+        assert shard > 16 * mib - row
+    else:  # as large as the task's bound allows
+        assert task > 256 * mib - copies * row
+    assert spec.num_shards(n) == copies * math.ceil(n / rows)
