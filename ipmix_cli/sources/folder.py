@@ -17,7 +17,9 @@ import contextlib
 import functools
 import hashlib
 import os
+import stat
 import sys
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,7 @@ import numpy as np
 
 from ipmix_cli.cores import resolve_jobs
 from ipmix_cli.errors import DecodeError, IpmixError, SourceError
+from ipmix_cli.fs import scan_cache
 from ipmix_cli.fs.digest_cache import sha256_file
 from ipmix_cli.fs.readahead import read_ahead
 from ipmix_cli.sources.base import Progress, Source, is_hidden, is_ipmix_output
@@ -39,48 +42,76 @@ _CHUNK = 512
 
 
 def _probe_file(path: str, full: bool) -> tuple[Any, ...]:
-    """Check one image file: ``((h, w), None, key)`` or ``((-1, -1), error, "")``.
+    """Check one image file: ``((h, w), None, key, record)`` or ``((-1, -1), error, "", None)``.
 
     ``key`` is what the fingerprint records for the file: its size, modification time, format
-    and size (``stat``), or its size and content hash (``full``)."""
+    and size (``stat``), or its size and content hash (``full``). ``record`` is what
+    :mod:`ipmix_cli.fs.scan_cache` may remember of it (``stat`` only)."""
     try:
         header = probe_image(path)
+        size = (header.height, header.width)
         if full:
-            key = f"{header.nbytes}\t{sha256_file(path)}"
-        else:
-            key = (
-                f"{header.nbytes}\t{header.mtime_ns}\t{header.format}\t"
-                f"{header.height}x{header.width}"
-            )
-        return (header.height, header.width), None, key
+            return size, None, f"{header.nbytes}\t{sha256_file(path)}", None
+        key = _stat_key(header.nbytes, header.mtime_ns, header.format, *size)
+        return size, None, key, (header.status, *size, header.format)
     except IpmixError as error:
-        return (-1, -1), error.problem, ""
+        return (-1, -1), error.problem, "", None
     except OSError as error:
-        return (-1, -1), f"cannot read file ({error.strerror or error})", ""
+        return (-1, -1), f"cannot read file ({error.strerror or error})", "", None
 
 
-def _probe_many(root: str, relpaths: list[str], full: bool) -> tuple[np.ndarray, list, str]:
+def _stat_key(nbytes: int, mtime_ns: int, fmt: str, height: int, width: int) -> str:
+    return f"{nbytes}\t{mtime_ns}\t{fmt}\t{height}x{width}"
+
+
+def _remembered(path: str, record: scan_cache.Record) -> tuple[Any, ...] | None:
+    """``_probe_file``'s answer for a file whose status is still ``record``'s, else None."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if scan_cache.file_status(st) != record[0] or not stat.S_ISREG(st.st_mode):
+        return None
+    _, height, width, fmt = record
+    return (height, width), None, _stat_key(st.st_size, st.st_mtime_ns, fmt, height, width), record
+
+
+def _probe_many(
+    root: str, relpaths: list[str], full: bool, known: dict[str, scan_cache.Record] | None = None
+) -> tuple[np.ndarray, list, str, dict[str, scan_cache.Record]]:
     """A chunk's results, compact so the parent does little per file: the (h, w) of each file
-    (-1 where it failed), ``(position, reason)`` of the failures, and the fingerprint lines of
-    the others, joined."""
+    (-1 where it failed), ``(position, reason)`` of the failures, the fingerprint lines of the
+    others, joined, and the scan-cache records of the files checked well (``known``: the
+    remembered ones; a file whose status is unchanged is not opened)."""
     paths = [os.path.join(root, rel) for rel in relpaths]
+    results: list[Any] = [None] * len(paths)
+    if known:
+        for i, rel in enumerate(relpaths):
+            if rel in known:
+                results[i] = _remembered(paths[i], known[rel])
+    todo = [i for i, result in enumerate(results) if result is None]
     # The scan reads a header and a tail per file, in order: the disk fetches the next
     # files' while this one is parsed (a whole-file hash reads the whole file).
     ranges = ((0, 0),) if full else ((0, HEAD_BYTES), (-TAIL_BYTES, TAIL_BYTES))
-    results = []
-    with read_ahead(paths, ranges) as ahead:
-        for path in paths:
-            results.append(_probe_file(path, full))
+    with read_ahead([paths[i] for i in todo], ranges) as ahead:
+        for i in todo:
+            results[i] = _probe_file(paths[i], full)
             if ahead is not None:
                 ahead.consumed()
-    sizes = np.array([size for size, _, _ in results], dtype=np.int32).reshape(-1, 2)
-    errors = [(i, error) for i, (_, error, _) in enumerate(results) if error is not None]
+    sizes = np.array([size for size, _, _, _ in results], dtype=np.int32).reshape(-1, 2)
+    errors = [(i, error) for i, (_, error, _, _) in enumerate(results) if error is not None]
     text = "".join(
         f"{rel}\t{key}\n"
-        for rel, (_, error, key) in zip(relpaths, results, strict=True)
+        for rel, (_, error, key, _) in zip(relpaths, results, strict=True)
         if error is None
     )
-    return sizes, errors, text
+    now = time.time_ns()
+    records = {
+        rel: record
+        for rel, (_, _, _, record) in zip(relpaths, results, strict=True)
+        if record is not None and scan_cache.settled(record[0], now)
+    }
+    return sizes, errors, text, records
 
 
 def _decode_problems(root: str, relpaths: list[str]) -> list[tuple[str, str]]:
@@ -101,16 +132,21 @@ def _in_chunks(
     n_jobs: int,
     on_progress: Callable[[int], None] | None,
     *args: Any,
+    known: dict[str, scan_cache.Record] | None = None,
 ) -> list[Any]:
     """``function(root, chunk, *args)`` over chunks of ``relpaths``, results in order,
     ``on_progress(files)`` after each chunk; in worker processes when there are enough files
-    (the header check is Python, so threads would queue on the GIL)."""
+    (the header check is Python, so threads would queue on the GIL). With ``known``, each call
+    also gets the scan-cache records of its chunk's files (only those: a task is pickled)."""
     chunks = [relpaths[i : i + _CHUNK] for i in range(0, len(relpaths), _CHUNK)]
     workers = min(resolve_jobs(n_jobs), len(chunks))
     results: list[Any] = []  # one entry per chunk
+    items = [
+        (chunk, () if known is None else (scan_cache.subset(known, chunk),)) for chunk in chunks
+    ]
     with _scan_pool(workers if len(relpaths) >= PARALLEL_FROM else 1) as pool:
         call = _Call(function, root, args)
-        parts: Iterable[Any] = map(call, chunks) if pool is None else pool.imap(call, chunks)
+        parts: Iterable[Any] = map(call, items) if pool is None else pool.imap(call, items)
         for chunk, part in zip(chunks, parts, strict=True):
             results.append(part)
             if on_progress is not None:
@@ -119,13 +155,15 @@ def _in_chunks(
 
 
 class _Call:
-    """``function(root, chunk, *args)`` as a picklable one-argument callable."""
+    """``function(root, chunk, *args, *extra)`` of an item ``(chunk, extra)``, as a picklable
+    one-argument callable."""
 
     def __init__(self, function: Callable[..., list[Any]], root: str, args: tuple) -> None:
         self.function, self.root, self.args = function, root, args
 
-    def __call__(self, chunk: list[str]) -> list[Any]:
-        return self.function(self.root, chunk, *self.args)
+    def __call__(self, item: tuple[list[str], tuple]) -> list[Any]:
+        chunk, extra = item
+        return self.function(self.root, chunk, *self.args, *extra)
 
 
 @contextlib.contextmanager
@@ -162,10 +200,17 @@ def _walk_class(
     return images, problems
 
 
-def _scan_class(root: str, cls: str, exclude: Mapping[str, str], full: bool) -> tuple[Any, ...]:
-    """Walk one class folder and check its files' headers: the unit of a parallel scan."""
+def _scan_class(
+    root: str,
+    item: tuple[str, dict[str, scan_cache.Record]],
+    exclude: Mapping[str, str],
+    full: bool,
+) -> tuple[Any, ...]:
+    """Walk one class folder and check its files' headers: the unit of a parallel scan.
+    ``item``: the class and the scan-cache records of its files."""
+    cls, known = item
     images, problems = _walk_class(root, cls, exclude)
-    return images, problems, _probe_many(root, images, full)
+    return images, problems, _probe_many(root, images, full, known)
 
 
 def _likely_files(root: Path, classes: list[str]) -> int:
@@ -187,6 +232,7 @@ def _scan_by_class(
     workers: int,
     progress: Progress | None,
     guess: int,
+    known: dict[str, scan_cache.Record],
 ) -> tuple[list[str], list[int], list[Any], list[tuple[str, str]]]:
     """Walk and check the class folders in worker processes, one class per task, so the walk
     is spread over the cores as well as the header checks (a serial walk first would leave
@@ -200,7 +246,9 @@ def _scan_by_class(
         progress.start(guess)
     with _scan_pool(min(workers, len(classes))) as pool:
         call = functools.partial(_scan_class, root, exclude=exclude, full=full)
-        for label, (images, bad, part) in enumerate(pool.imap(call, classes)):
+        groups = scan_cache.by_class(known)
+        items = [(cls, groups.get(cls, {})) for cls in classes]
+        for label, (images, bad, part) in enumerate(pool.imap(call, items)):
             relpaths += images
             labels += [label] * len(images)
             problems += bad
@@ -211,6 +259,16 @@ def _scan_by_class(
                     retotal(len(relpaths) * len(classes) // (label + 1))
                 progress.update(len(images))
     return relpaths, labels, parts, problems
+
+
+def _remember(root: str, known: dict[str, scan_cache.Record], parts: list[Any]) -> None:
+    """Keep this scan's records for the next one, if they differ from what was remembered
+    (files gone, changed or new): the cache file is rewritten only then."""
+    records: dict[str, scan_cache.Record] = {}
+    for _, _, _, part in parts:
+        records.update(part)
+    if records != known:
+        scan_cache.save_records(root, records)
 
 
 class FolderSource(Source):
@@ -255,9 +313,10 @@ class FolderSource(Source):
         full = fingerprint == "full"
         workers = resolve_jobs(n_jobs)
         guess = _likely_files(root, classes) if workers > 1 and len(classes) >= 2 * workers else 0
+        known = {} if full else scan_cache.load_records(str(root))
         if guess >= PARALLEL_FROM:
             relpaths, labels, parts, problems = _scan_by_class(
-                str(root), classes, exclude, full, workers, progress, guess
+                str(root), classes, exclude, full, workers, progress, guess, known
             )
         else:
             relpaths, labels, problems = [], [], []
@@ -269,19 +328,23 @@ class FolderSource(Source):
             if relpaths and progress is not None:
                 progress.start(len(relpaths))
             on_progress = None if progress is None else progress.update
-            parts = _in_chunks(_probe_many, str(root), relpaths, n_jobs, on_progress, full)
+            parts = _in_chunks(
+                _probe_many, str(root), relpaths, n_jobs, on_progress, full, known=known
+            )
         if not relpaths:
             raise SourceError(root, f"no image files in the {len(classes)} class subfolders")
-        all_sizes = np.concatenate([sizes for sizes, _, _ in parts])
+        all_sizes = np.concatenate([sizes for sizes, _, _, _ in parts])
+        if not full:
+            _remember(str(root), known, parts)
         offset = 0
-        for sizes, errors, _ in parts:
+        for sizes, errors, _, _ in parts:
             problems.extend((relpaths[offset + i], error) for i, error in errors)
             offset += len(sizes)
         ok = all_sizes[:, 0] >= 0
         kept_sizes = all_sizes[ok]
         kept_labels = np.array(labels, dtype=np.int64)[ok]
         kept_rels = [rel for rel, good in zip(relpaths, ok.tolist(), strict=True) if good]
-        lines = [text for _, _, text in parts]
+        lines = [text for _, _, text, _ in parts]
         problems.sort()  # path order, so "fail" always names the same (first) file
         if problems and on_error == "fail":
             rel, reason = problems[0]

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from ipmix_cli.errors import DecodeError
 from ipmix_cli.fs.regular import NotRegularFileError, open_regular
+from ipmix_cli.fs.scan_cache import file_status
 
 HEAD_BYTES = 64 * 1024  # JPEG headers (EXIF thumbnails included) nearly always fit
 TAIL_BYTES = 64
@@ -45,6 +46,8 @@ class ImageHeader:
     nbytes: int
     mtime_ns: int
     decoded: bool = False
+    status: tuple[int, ...] = ()
+    """The file's ``fs.scan_cache.file_status`` when it was checked."""
 
 
 class _UnparsedError(Exception):
@@ -179,4 +182,6 @@ def probe_image(path: str) -> ImageHeader:
     if not complete:  # no end marker: truncated, or padded by its writer; a decode decides
         height, width = _decoded_size(path)
         decoded = True
-    return ImageHeader(fmt, height, width, int(st.st_size), int(st.st_mtime_ns), decoded)
+    return ImageHeader(
+        fmt, height, width, int(st.st_size), int(st.st_mtime_ns), decoded, file_status(st)
+    )
