@@ -7,10 +7,12 @@ seeing the scan report it; any change to the file must make the scan check it ag
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hostile import image_folder
 
@@ -41,8 +43,19 @@ def _sizes(source: FolderSource) -> dict[str, tuple[int, int]]:
 def _plant(root: Path, size: tuple[int, int] = (7, 9)) -> None:
     """Replace every remembered size with ``size``: the next scan shows whether it trusted them."""
     records = scan_cache.load_records(str(root))
-    assert records, "nothing was remembered"
-    scan_cache.save_records(str(root), {rel: (r[0], *size, r[3]) for rel, r in records.items()})
+    assert len(records), "nothing was remembered"
+    sizes = np.empty_like(records.sizes)
+    sizes[:] = size
+    planted = dataclasses.replace(records, sizes=sizes)
+    scan_cache.save_records(str(root), planted)
+
+
+def _remembered(root: Path) -> dict[str, tuple[int, int]]:
+    records = scan_cache.load_records(str(root))
+    return {
+        rel.decode(): (int(h), int(w))
+        for rel, (h, w) in zip(records.rels, records.sizes, strict=True)
+    }
 
 
 def test_a_second_scan_trusts_the_records_and_matches_a_fresh_one(
@@ -100,10 +113,10 @@ def test_any_change_to_a_file_is_checked_again(tmp_path: Path, cache: Path, chan
     rel = target.relative_to(root).as_posix()
     assert sizes.get(rel) == want
     assert {size for other, size in sizes.items() if other != rel} == {(7, 9)}
-    records = scan_cache.load_records(str(root))
-    assert set(records) == set(sizes)  # a removed file's record went with it
+    remembered = _remembered(root)
+    assert set(remembered) == set(sizes)  # a removed file's record went with it
     if want is not None:
-        assert records[rel][1:3] == want
+        assert remembered[rel] == want
 
 
 def test_failures_are_never_remembered(tmp_path: Path, cache: Path) -> None:
@@ -115,7 +128,7 @@ def test_failures_are_never_remembered(tmp_path: Path, cache: Path) -> None:
             FolderSource(root)
         skipping = FolderSource(root, on_error="skip")
         assert [path for path, _ in skipping.skipped] == [str(broken)]
-    assert "class1/3.png" not in scan_cache.load_records(str(root))
+    assert "class1/3.png" not in _remembered(root) and len(_remembered(root)) == 5
 
 
 def test_files_changed_just_now_are_not_remembered(
@@ -124,7 +137,7 @@ def test_files_changed_just_now_are_not_remembered(
     monkeypatch.setattr(scan_cache, "SETTLED_S", 3600.0)
     root = image_folder(tmp_path / "data", SIZES)
     FolderSource(root)
-    assert scan_cache.load_records(str(root)) == {}
+    assert _remembered(root) == {}
 
 
 def test_untrusted_cache_files_are_ignored(tmp_path: Path, cache: Path) -> None:
@@ -133,7 +146,7 @@ def test_untrusted_cache_files_are_ignored(tmp_path: Path, cache: Path) -> None:
     (entry,) = cache.iterdir()
     entry.write_bytes(b"not an npz")
     assert _sizes(FolderSource(root)) == want  # checked again, and remembered again
-    assert scan_cache.load_records(str(root))
+    assert _remembered(root) == want
     # Another folder's records under this folder's name: they name another root.
     other = image_folder(tmp_path / "other", SIZES)
     FolderSource(other)
@@ -154,3 +167,39 @@ def test_parallel_scans_use_the_records_too(
         assert len(want) == 24 and set(want.values()) == set(SIZES)
         _plant(root)
         assert set(_sizes(FolderSource(root, n_jobs=2)).values()) == {(7, 9)}
+
+
+def test_records_find_each_path_and_each_class_exactly() -> None:
+    """Paths that sort next to each other ("a/x", "a-b/y", "a0/z"), odd bytes and spaces:
+    each lookup finds its own record only, and a class's slice holds its files only."""
+    rels = [
+        "a/x.png",
+        "a-b/y.png",
+        "a0/z.png",
+        "a/sub/w.png",
+        "b/é ü.jpg",
+        "b/\udcff.png",
+        "ab/q.png",
+    ]
+    items = [
+        (rel, ((1, i, 100 + i, 5, 6), 10 + i, 20 + i, "png" if i % 2 else "jpeg"))
+        for i, rel in enumerate(rels)
+    ]
+    records = scan_cache.Records.from_items(items)
+    assert records.lookup(rels) == dict(items)
+    assert records.lookup(["a/y.png", "a", "b/", "zz"]) == {}
+    for cls in ("a", "a-b", "a0", "b", "ab", "c"):
+        inside = records.within(cls).lookup(rels)
+        assert set(inside) == {rel for rel in rels if rel.startswith(cls + "/")}, cls
+    halves = [scan_cache.Records.from_items(items[:3]), scan_cache.Records.from_items(items[3:])]
+    assert scan_cache.Records.concat(halves).same_as(records)
+    assert not scan_cache.Records.concat(halves[:1]).same_as(records)
+
+
+def test_a_cache_file_out_of_order_is_not_trusted(tmp_path: Path, cache: Path) -> None:
+    root = image_folder(tmp_path / "data", SIZES)
+    FolderSource(root)
+    records = scan_cache.load_records(str(root))
+    flipped = dataclasses.replace(records, rels=records.rels[::-1].copy())
+    scan_cache.save_records(str(root), flipped)
+    assert len(scan_cache.load_records(str(root))) == 0

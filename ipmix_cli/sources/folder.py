@@ -78,7 +78,7 @@ def _remembered(path: str, record: scan_cache.Record) -> tuple[Any, ...] | None:
 
 def _probe_many(
     root: str, relpaths: list[str], full: bool, known: dict[str, scan_cache.Record] | None = None
-) -> tuple[np.ndarray, list, str, dict[str, scan_cache.Record]]:
+) -> tuple[np.ndarray, list, str, scan_cache.Records]:
     """A chunk's results, compact so the parent does little per file: the (h, w) of each file
     (-1 where it failed), ``(position, reason)`` of the failures, the fingerprint lines of the
     others, joined, and the scan-cache records of the files checked well (``known``: the
@@ -111,7 +111,7 @@ def _probe_many(
         for rel, (_, _, _, record) in zip(relpaths, results, strict=True)
         if record is not None and scan_cache.settled(record[0], now)
     }
-    return sizes, errors, text, records
+    return sizes, errors, text, scan_cache.Records.from_items(records.items())
 
 
 def _decode_problems(root: str, relpaths: list[str]) -> list[tuple[str, str]]:
@@ -132,7 +132,7 @@ def _in_chunks(
     n_jobs: int,
     on_progress: Callable[[int], None] | None,
     *args: Any,
-    known: dict[str, scan_cache.Record] | None = None,
+    known: scan_cache.Records | None = None,
 ) -> list[Any]:
     """``function(root, chunk, *args)`` over chunks of ``relpaths``, results in order,
     ``on_progress(files)`` after each chunk; in worker processes when there are enough files
@@ -141,9 +141,7 @@ def _in_chunks(
     chunks = [relpaths[i : i + _CHUNK] for i in range(0, len(relpaths), _CHUNK)]
     workers = min(resolve_jobs(n_jobs), len(chunks))
     results: list[Any] = []  # one entry per chunk
-    items = [
-        (chunk, () if known is None else (scan_cache.subset(known, chunk),)) for chunk in chunks
-    ]
+    items = [(chunk, () if known is None else (known.lookup(chunk),)) for chunk in chunks]
     with _scan_pool(workers if len(relpaths) >= PARALLEL_FROM else 1) as pool:
         call = _Call(function, root, args)
         parts: Iterable[Any] = map(call, items) if pool is None else pool.imap(call, items)
@@ -202,15 +200,15 @@ def _walk_class(
 
 def _scan_class(
     root: str,
-    item: tuple[str, dict[str, scan_cache.Record]],
+    item: tuple[str, scan_cache.Records],
     exclude: Mapping[str, str],
     full: bool,
 ) -> tuple[Any, ...]:
     """Walk one class folder and check its files' headers: the unit of a parallel scan.
-    ``item``: the class and the scan-cache records of its files."""
+    ``item``: the class and the scan-cache records under it."""
     cls, known = item
     images, problems = _walk_class(root, cls, exclude)
-    return images, problems, _probe_many(root, images, full, known)
+    return images, problems, _probe_many(root, images, full, known.lookup(images))
 
 
 def _likely_files(root: Path, classes: list[str]) -> int:
@@ -232,7 +230,7 @@ def _scan_by_class(
     workers: int,
     progress: Progress | None,
     guess: int,
-    known: dict[str, scan_cache.Record],
+    known: scan_cache.Records,
 ) -> tuple[list[str], list[int], list[Any], list[tuple[str, str]]]:
     """Walk and check the class folders in worker processes, one class per task, so the walk
     is spread over the cores as well as the header checks (a serial walk first would leave
@@ -246,8 +244,7 @@ def _scan_by_class(
         progress.start(guess)
     with _scan_pool(min(workers, len(classes))) as pool:
         call = functools.partial(_scan_class, root, exclude=exclude, full=full)
-        groups = scan_cache.by_class(known)
-        items = [(cls, groups.get(cls, {})) for cls in classes]
+        items = [(cls, known.within(cls)) for cls in classes]
         for label, (images, bad, part) in enumerate(pool.imap(call, items)):
             relpaths += images
             labels += [label] * len(images)
@@ -261,13 +258,11 @@ def _scan_by_class(
     return relpaths, labels, parts, problems
 
 
-def _remember(root: str, known: dict[str, scan_cache.Record], parts: list[Any]) -> None:
+def _remember(root: str, known: scan_cache.Records, parts: list[Any]) -> None:
     """Keep this scan's records for the next one, if they differ from what was remembered
     (files gone, changed or new): the cache file is rewritten only then."""
-    records: dict[str, scan_cache.Record] = {}
-    for _, _, _, part in parts:
-        records.update(part)
-    if records != known:
+    records = scan_cache.Records.concat(part for _, _, _, part in parts)
+    if not records.same_as(known):
         scan_cache.save_records(root, records)
 
 
@@ -313,7 +308,7 @@ class FolderSource(Source):
         full = fingerprint == "full"
         workers = resolve_jobs(n_jobs)
         guess = _likely_files(root, classes) if workers > 1 and len(classes) >= 2 * workers else 0
-        known = {} if full else scan_cache.load_records(str(root))
+        known = scan_cache.Records.empty() if full else scan_cache.load_records(str(root))
         if guess >= PARALLEL_FROM:
             relpaths, labels, parts, problems = _scan_by_class(
                 str(root), classes, exclude, full, workers, progress, guess, known
