@@ -22,6 +22,7 @@ from ipmix_cli.augment.patch import (
     OPF_WA,
     OPF_WB,
     OPF_WIDTH,
+    PAIR_TABLE_FROM,
     patch_mix,
 )
 from ipmix_cli.augment.pixel_rules import (
@@ -132,6 +133,23 @@ def test_add_multiply_patch_replays_in_numpy(rule: int, overflow: int) -> None:
     assert branches == {0, 1}
     if rule == RULE_ADD and overflow == OVERFLOW_WRAP:
         assert wrapped > 0  # the wrap actually happened somewhere in these trials
+
+
+@pytest.mark.parametrize("rule", [RULE_ADD, RULE_MULTIPLY])
+@pytest.mark.parametrize("overflow", [OVERFLOW_WRAP, OVERFLOW_CLIP])
+def test_large_boxes_through_the_pair_table_replay_in_numpy(rule: int, overflow: int) -> None:
+    """224 px patches: boxes of PAIR_TABLE_FROM values or more map (a, b) pairs through one
+    table, smaller ones compute per value; both give numpy's replay of the float32 rule."""
+    state = new_state(22, rule, overflow)
+    tabled = 0
+    for trial in range(16):
+        c, src = _images(100 + trial, 224, 224)
+        before = c.copy()
+        rec = np.full(OP_FIELDS, np.nan)
+        patch_mix(c, src, 224, rule, state, 3.0, overflow, rec)
+        tabled += 3 * int(rec[OPF_WIDTH]) * int(rec[OPF_HEIGHT]) >= PAIR_TABLE_FROM
+        assert np.array_equal(c, np_patch_replay(before, src, rule, rec, overflow)), trial
+    assert 4 <= tabled <= 14  # both paths ran
 
 
 @pytest.mark.parametrize("rule", [RULE_RANDOM_PIXELS, RULE_RANDOM_ELEMS])

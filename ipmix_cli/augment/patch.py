@@ -175,6 +175,9 @@ def mix_box(
                 u2 = U8_TO_UNIT[v] * np.float32(2.0) - np.float32(1.0)
                 ta[v] = wa * u2
                 tb[v] = wb * u2
+            if 3 * pw * ph >= PAIR_TABLE_FROM:
+                _map_pairs(c, src, left, top, pw, ph, _pair_table(ta, tb, RULE_ADD, wrap))
+                return
             for y in range(top, top + ph):
                 crow = c[y]
                 srow = src[y]
@@ -210,6 +213,9 @@ def mix_box(
             return
         powers32_from_log2(MULTIPLY_BASE_A, MULTIPLY_LOG2, wa64, ta)
         powers32_from_log2(MULTIPLY_BASE_B, MULTIPLY_LOG2, wb64, tb)
+        if 3 * pw * ph >= PAIR_TABLE_FROM:
+            _map_pairs(c, src, left, top, pw, ph, _pair_table(ta, tb, RULE_MULTIPLY, wrap))
+            return
         for y in range(top, top + ph):
             crow = c[y]
             srow = src[y]
@@ -227,6 +233,58 @@ def mix_box(
     rec[OPF_WB] = np.nan
     rec[OPF_Q] = q
     _random_rule_box(c, src, left, top, pw, ph, rule == RULE_RANDOM_PIXELS, q, state)
+
+
+PAIR_TABLE_FROM = 32768
+"""Values in a box from which add and multiply map (a, b) pairs through one 64 KiB table: its
+65,536 entries cost ~7 us to fill (they vectorise), then each value is one load instead of two
+table loads and the float arithmetic. A 224 px box 131 -> ~70 us; a 64 px box (12,288 values)
+would not repay the table."""
+
+_U8 = np.uint64(8)
+_U3 = np.uint64(3)
+
+
+@nb.njit(cache=True)
+def _pair_table(ta: np.ndarray, tb: np.ndarray, rule: int, wrap: bool) -> np.ndarray:
+    """The uint8 result of rule ``rule`` for every pair (a, b) at ``(a << 8) | b``: the same
+    float32 operations, in the same order, as the per-value loops of :func:`mix_box`, so the
+    same bytes."""
+    table = np.empty(65536, np.uint8)
+    one = np.float32(1.0)
+    two = np.float32(2.0)
+    f255 = np.float32(255.0)
+    for a in range(256):
+        fa = ta[a]
+        row = table[a * 256 : a * 256 + 256]
+        if rule == RULE_ADD and wrap:
+            for b in range(256):
+                row[b] = truncate_wrap((((fa + tb[b]) + one) / two) * f255)
+        elif rule == RULE_ADD:
+            for b in range(256):
+                row[b] = truncate_clip((((fa + tb[b]) + one) / two) * f255)
+        elif wrap:
+            for b in range(256):
+                row[b] = truncate_wrap((fa * tb[b] / two) * f255)
+        else:
+            for b in range(256):
+                row[b] = truncate_clip((fa * tb[b] / two) * f255)
+    return table
+
+
+@nb.njit(cache=True)
+def _map_pairs(
+    c: np.ndarray, src: np.ndarray, left: int, top: int, pw: int, ph: int, table: np.ndarray
+) -> None:
+    """``c = table[(c << 8) | src]`` over the box, in place (flat unsigned indices)."""
+    cf = c.reshape(-1)
+    sf = src.reshape(-1)
+    row = np.uint64(3 * c.shape[1])
+    n = _U3 * np.uint64(pw)
+    for y in range(np.uint64(top), np.uint64(top + ph)):
+        first = y * row + _U3 * np.uint64(left)
+        for k in range(first, first + n):
+            cf[k] = table[(np.uint64(cf[k]) << _U8) | np.uint64(sf[k])]
 
 
 @nb.njit(cache=True)
