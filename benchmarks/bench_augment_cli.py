@@ -208,14 +208,14 @@ def imagenet_case(root: Path, bank: Path, args: argparse.Namespace) -> None:
         keep("engine alone, decoded images in memory, 1 core", engine)
         keep("engine + one JPEG decode per image, 1 core", 1 / (1 / engine + 1 / decode))
         for c in copies:
-            args = ["--input", str(folder), "--out", str(out), "--mixing-set", str(bank),
-                    "--preset", "imagenet", "--jobs", "1", "--copies", str(c)]  # fmt: skip
+            command = ["--input", str(folder), "--out", str(out), "--mixing-set", str(bank),
+                       "--preset", "imagenet", "--jobs", "1", "--copies", str(c)]  # fmt: skip
             if c == 1:
                 remove_output(out)
-                cold, _, _ = cli_run(args, CACHES_OFF)
+                cold, _, _ = cli_run(command, CACHES_OFF)
                 keep("ipmix augment --jobs 1 --copies 1, whole command, caches off", n / cold)
             remove_output(out)
-            wall, _, _ = cli_run(args)
+            wall, _, _ = cli_run(command)
             keep(f"ipmix augment --jobs 1 --copies {c}, whole command, rows/s", n * c / wall)
     reference = best["reference (per-sample DataLoader + Pillow, JPEG per sample), 1 core"]
     report(f"224 px, ImageNet preset, {n:,} JPEGs of 300-500 px, 256 px bank, one core "
