@@ -7,9 +7,11 @@ seeing the scan report it; any change to the file must make the scan check it ag
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import struct
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -203,3 +205,28 @@ def test_a_cache_file_out_of_order_is_not_trusted(tmp_path: Path, cache: Path) -
     flipped = dataclasses.replace(records, rels=records.rels[::-1].copy())
     scan_cache.save_records(str(root), flipped)
     assert len(scan_cache.load_records(str(root))) == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a full disk is a small tmpfs, which needs root")
+def test_a_full_cache_disk_costs_nothing_but_the_saving(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache on a real full tmpfs: the scan gives the same answer, leaves no temporary
+    file, and remembers nothing."""
+    root = image_folder(tmp_path / "data", SIZES)
+    want = _sizes(FolderSource(root))
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], check=True)
+    try:
+        (disk / "ipmix" / "scans").mkdir(parents=True)
+        with contextlib.suppress(OSError), open(disk / "filler", "wb") as filler:
+            while True:
+                filler.write(b"\0" * 4096)
+                filler.flush()
+        monkeypatch.setenv("XDG_CACHE_HOME", str(disk))
+        assert _sizes(FolderSource(root)) == want
+        assert list((disk / "ipmix" / "scans").iterdir()) == []
+        assert len(scan_cache.load_records(str(root))) == 0
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
