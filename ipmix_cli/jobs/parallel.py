@@ -13,8 +13,6 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import TypeVar
 
-import joblib
-
 from ipmix_cli.cores import resolve_jobs
 from ipmix_cli.errors import BackendError
 
@@ -76,6 +74,8 @@ def run_unordered(
     if backend == "threads":
         yield from _run_threads(function, task_list, min(n_jobs, len(task_list)))
         return
+    import joblib  # here: 45 ms of imports (loky, psutil, asyncio) a one-job command skips
+
     parallel = joblib.Parallel(
         n_jobs=min(n_jobs, len(task_list)), backend=backend, return_as="generator_unordered"
     )
