@@ -16,9 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hostile import image_folder
+from click.testing import CliRunner
+from hostile import image_folder, mixing_folder
 
 import ipmix_cli.sources.folder as folder_module
+from ipmix_cli.cli import main
 from ipmix_cli.errors import DecodeError
 from ipmix_cli.fs import scan_cache
 from ipmix_cli.sources.folder import FolderSource
@@ -230,3 +232,26 @@ def test_a_full_cache_disk_costs_nothing_but_the_saving(
         assert len(scan_cache.load_records(str(root))) == 0
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_the_command_sees_a_file_replaced_after_it_was_remembered(
+    tmp_path: Path, cache: Path
+) -> None:
+    """End to end: ``augment --dry-run --resize exact`` on 32 px images twice (the second from
+    the records), then one file is replaced by a 40 px image: only its header says so, and the
+    next command refuses it in one line instead of trusting the record."""
+    root = image_folder(tmp_path / "data", [(32, 32)] * 6)
+    bank = mixing_folder(tmp_path / "bank")
+    args = ["augment", "--input", root, "--mixing-set", bank, "--preset", "cifar", "--dry-run"]
+    args += ["--resize", "exact", "--out", tmp_path / "o.h5"]
+    for _ in range(2):
+        result = CliRunner().invoke(main, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+    assert len(scan_cache.load_records(str(root))) == 6
+    image_folder(tmp_path / "other", [(40, 40)] * 4)
+    replaced = root / "class1" / "3.png"
+    os.replace(tmp_path / "other" / "class1" / "3.png", replaced)
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exit_code == 1, result.output
+    assert str(replaced) in result.output and "40x40" in result.output, result.output
+    assert "Traceback" not in result.output and not (tmp_path / "o.h5").exists()
