@@ -195,6 +195,8 @@ def test_records_find_each_path_and_each_class_exactly() -> None:
     for cls in ("a", "a-b", "a0", "b", "ab", "c"):
         inside = records.within(cls).lookup(rels)
         assert set(inside) == {rel for rel in rels if rel.startswith(cls + "/")}, cls
+    chosen = [rels[5], rels[1], rels[5], "a/none.png"]
+    assert records.select(chosen).lookup(rels) == {rel: dict(items)[rel] for rel in chosen[:2]}
     halves = [scan_cache.Records.from_items(items[:3]), scan_cache.Records.from_items(items[3:])]
     assert scan_cache.Records.concat(halves).same_as(records)
     assert not scan_cache.Records.concat(halves[:1]).same_as(records)

@@ -124,13 +124,26 @@ class Records:
             self.rels[cut], self.status[cut], self.sizes[cut], self.kinds[cut], self.formats
         )
 
-    def lookup(self, rels: list[str]) -> dict[str, Record]:
-        """The records of those of ``rels`` that have one."""
+    def _rows(self, rels: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Positions in ``rels`` that have a record, and their records' rows."""
         if not len(self) or not rels:
-            return {}
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
         keys = np.array([_encode(rel) for rel in rels], dtype=bytes)
         at = np.minimum(np.searchsorted(self.rels, keys), len(self) - 1)
         found = np.flatnonzero(self.rels[at] == keys)
+        return found, at[found]
+
+    def select(self, rels: list[str]) -> Records:
+        """The records of ``rels`` only, still as arrays: what one chunk's task is handed."""
+        _, rows = self._rows(rels)
+        rows = np.unique(rows)
+        return Records(
+            self.rels[rows], self.status[rows], self.sizes[rows], self.kinds[rows], self.formats
+        )
+
+    def lookup(self, rels: list[str]) -> dict[str, Record]:
+        """The records of those of ``rels`` that have one."""
+        found, rows = self._rows(rels)
         return {
             rels[i]: (
                 tuple(self.status[j].tolist()),
@@ -138,7 +151,7 @@ class Records:
                 int(self.sizes[j, 1]),
                 self.formats[self.kinds[j]],
             )
-            for i, j in zip(found.tolist(), at[found].tolist(), strict=True)
+            for i, j in zip(found.tolist(), rows.tolist(), strict=True)
         }
 
     def same_as(self, other: Records) -> bool:

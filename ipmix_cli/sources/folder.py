@@ -77,7 +77,7 @@ def _remembered(path: str, record: scan_cache.Record) -> tuple[Any, ...] | None:
 
 
 def _probe_many(
-    root: str, relpaths: list[str], full: bool, known: dict[str, scan_cache.Record] | None = None
+    root: str, relpaths: list[str], full: bool, known: scan_cache.Records | None = None
 ) -> tuple[np.ndarray, list, str, scan_cache.Records]:
     """A chunk's results, compact so the parent does little per file: the (h, w) of each file
     (-1 where it failed), ``(position, reason)`` of the failures, the fingerprint lines of the
@@ -85,10 +85,10 @@ def _probe_many(
     remembered ones; a file whose status is unchanged is not opened)."""
     paths = [os.path.join(root, rel) for rel in relpaths]
     results: list[Any] = [None] * len(paths)
-    if known:
-        for i, rel in enumerate(relpaths):
-            if rel in known:
-                results[i] = _remembered(paths[i], known[rel])
+    remembered = known.lookup(relpaths) if known is not None else {}
+    for i, rel in enumerate(relpaths):
+        if rel in remembered:
+            results[i] = _remembered(paths[i], remembered[rel])
     todo = [i for i, result in enumerate(results) if result is None]
     # The scan reads a header and a tail per file, in order: the disk fetches the next
     # files' while this one is parsed (a whole-file hash reads the whole file).
@@ -141,7 +141,9 @@ def _in_chunks(
     chunks = [relpaths[i : i + _CHUNK] for i in range(0, len(relpaths), _CHUNK)]
     workers = min(resolve_jobs(n_jobs), len(chunks))
     results: list[Any] = []  # one entry per chunk
-    items = [(chunk, () if known is None else (known.lookup(chunk),)) for chunk in chunks]
+    # Lazily, and as arrays: a pool's feeder queues every task at once, and a folder of one
+    # class with a million files would otherwise hold a million records as Python objects.
+    items = ((chunk, () if known is None else (known.select(chunk),)) for chunk in chunks)
     with _scan_pool(workers if len(relpaths) >= PARALLEL_FROM else 1) as pool:
         call = _Call(function, root, args)
         parts: Iterable[Any] = map(call, items) if pool is None else pool.imap(call, items)
@@ -208,7 +210,7 @@ def _scan_class(
     ``item``: the class and the scan-cache records under it."""
     cls, known = item
     images, problems = _walk_class(root, cls, exclude)
-    return images, problems, _probe_many(root, images, full, known.lookup(images))
+    return images, problems, _probe_many(root, images, full, known)
 
 
 def _likely_files(root: Path, classes: list[str]) -> int:
