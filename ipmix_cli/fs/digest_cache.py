@@ -16,16 +16,14 @@ and ``IPMIX_DIGEST_CACHE=off`` turns it off.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import time
 from pathlib import Path
 
-from ipmix_cli.fs.atomic import temporary_sibling, write_new_file
 from ipmix_cli.fs.regular import open_regular
-from ipmix_cli.fs.user_cache import cache_root
+from ipmix_cli.fs.user_cache import cache_off, cache_root, file_status, settled, write_cache_entry
 
 CACHE_MIN_BYTES = 16 << 20
 """Smaller files are hashed every time: that takes under 10 ms."""
@@ -51,19 +49,18 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
             digest.update(block)
         after = os.fstat(handle.fileno())
     if entry is not None:
-        settled = time.time_ns() - max(before.st_mtime_ns, before.st_ctime_ns) > SETTLED_S * 1e9
-        if settled and _status_key(path, after) == _status_key(path, before):
+        recent = not settled(file_status(before), time.time_ns(), SETTLED_S)
+        if not recent and _status_key(path, after) == _status_key(path, before):
             _write_entry(entry, _status_key(path, before), digest.hexdigest())
     return digest.hexdigest()
 
 
 def _status_key(path: str | os.PathLike[str], st: os.stat_result) -> str:
-    fields = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-    return f"{os.path.realpath(path)}\0" + ":".join(map(str, fields))
+    return f"{os.path.realpath(path)}\0" + ":".join(map(str, file_status(st)))
 
 
 def _entry_path(path: str | os.PathLike[str], st: os.stat_result) -> Path | None:
-    if os.environ.get("IPMIX_DIGEST_CACHE", "").lower() in ("off", "0", "no"):
+    if cache_off("IPMIX_DIGEST_CACHE"):
         return None
     name = hashlib.sha256(_status_key(path, st).encode("utf-8", "surrogateescape")).hexdigest()
     return cache_root() / "digests" / f"{name[:40]}.json"
@@ -82,13 +79,4 @@ def _read_entry(entry: Path, key: str) -> str | None:
 
 
 def _write_entry(entry: Path, key: str, digest: str) -> None:
-    record = json.dumps({"status": key, "sha256": digest}).encode()
-    with contextlib.suppress(OSError):
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temporary_sibling(entry)
-        try:
-            write_new_file(tmp, record)
-            os.replace(tmp, entry)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+    write_cache_entry(entry, json.dumps({"status": key, "sha256": digest}).encode())

@@ -22,7 +22,6 @@ be read, written or trusted is ignored, and ``IPMIX_SCAN_CACHE=off`` turns it of
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import os
@@ -32,30 +31,30 @@ from pathlib import Path
 
 import numpy as np
 
-from ipmix_cli.fs.atomic import temporary_sibling, write_new_file
-from ipmix_cli.fs.user_cache import cache_root
+from ipmix_cli.fs.user_cache import (
+    FileStatus,
+    cache_off,
+    cache_root,
+    settled,
+    write_cache_entry,
+)
 
 SETTLED_S = 2.0
 """A file changed more recently than this before its check is checked again next time."""
 
 _VERSION = 2
-Status = tuple[int, int, int, int, int]
-Record = tuple[Status, int, int, str]
-"""A file's status, then what its check found: height, width, format."""
+Record = tuple[FileStatus, int, int, str]
+"""A file's status (``user_cache.file_status``), then what its check found: height, width,
+format."""
 
 
-def file_status(st: os.stat_result) -> Status:
-    """What identifies one version of a file (see the module doc)."""
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def settled(status: Status, now_ns: int) -> bool:
-    """Whether a file of ``status`` last changed long enough before ``now_ns`` to remember."""
-    return now_ns - max(status[3], status[4]) > SETTLED_S * 1e9
+def remembers(status: FileStatus, now_ns: int) -> bool:
+    """Whether a file of ``status``, checked well at ``now_ns``, is to be remembered."""
+    return settled(status, now_ns, SETTLED_S)
 
 
 def enabled() -> bool:
-    return os.environ.get("IPMIX_SCAN_CACHE", "").lower() not in ("off", "0", "no")
+    return not cache_off("IPMIX_SCAN_CACHE")
 
 
 def _encode(rel: str) -> bytes:
@@ -215,12 +214,4 @@ def save_records(root: str, records: Records) -> None:
         formats=np.str_("\0".join(records.formats)),
         kinds=records.kinds.astype(np.uint8),
     )
-    with contextlib.suppress(OSError):
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temporary_sibling(entry)
-        try:
-            write_new_file(tmp, buffer.getvalue())
-            os.replace(tmp, entry)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+    write_cache_entry(entry, buffer.getvalue())

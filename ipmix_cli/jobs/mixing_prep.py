@@ -30,7 +30,7 @@ from ipmix_cli.augment.config import IPMixConfig
 from ipmix_cli.augment.mixing_set import MixingSet, resized_shape
 from ipmix_cli.fs.atomic import temporary_sibling
 from ipmix_cli.fs.digest_cache import sha256_file
-from ipmix_cli.fs.user_cache import cache_root
+from ipmix_cli.fs.user_cache import cache_off, cache_root
 from ipmix_cli.sources.mixing_pictures import mixing_files, open_mixing_set
 from ipmix_cli.versions import byte_versions
 
@@ -86,7 +86,7 @@ def prepare_mixing(
 
 
 def _entry_path(path: Path, config: IPMixConfig) -> Path | None:
-    if os.environ.get("IPMIX_MIXING_CACHE", "").lower() in ("off", "0", "no"):
+    if cache_off("IPMIX_MIXING_CACHE"):
         return None
     files = mixing_files(path)
     root = Path(path).absolute()

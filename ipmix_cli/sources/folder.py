@@ -31,6 +31,7 @@ from ipmix_cli.errors import DecodeError, IpmixError, SourceError
 from ipmix_cli.fs import scan_cache
 from ipmix_cli.fs.digest_cache import sha256_file
 from ipmix_cli.fs.readahead import read_ahead
+from ipmix_cli.fs.user_cache import file_status
 from ipmix_cli.sources.base import Progress, Source, is_hidden, is_ipmix_output
 from ipmix_cli.sources.class_map import ClassMap
 from ipmix_cli.sources.decode import decode_image, is_image_name
@@ -70,7 +71,7 @@ def _remembered(path: str, record: scan_cache.Record) -> tuple[Any, ...] | None:
         st = os.stat(path)
     except OSError:
         return None
-    if scan_cache.file_status(st) != record[0] or not stat.S_ISREG(st.st_mode):
+    if file_status(st) != record[0] or not stat.S_ISREG(st.st_mode):
         return None
     _, height, width, fmt = record
     return (height, width), None, _stat_key(st.st_size, st.st_mtime_ns, fmt, height, width), record
@@ -78,11 +79,11 @@ def _remembered(path: str, record: scan_cache.Record) -> tuple[Any, ...] | None:
 
 def _probe_many(
     root: str, relpaths: list[str], full: bool, known: scan_cache.Records | None = None
-) -> tuple[np.ndarray, list, str, scan_cache.Records]:
+) -> tuple[np.ndarray, list, str, scan_cache.Records | None]:
     """A chunk's results, compact so the parent does little per file: the (h, w) of each file
     (-1 where it failed), ``(position, reason)`` of the failures, the fingerprint lines of the
     others, joined, and the scan-cache records of the files checked well (``known``: the
-    remembered ones; a file whose status is unchanged is not opened)."""
+    remembered ones, a file whose status is unchanged not being opened; None: no cache)."""
     paths = [os.path.join(root, rel) for rel in relpaths]
     results: list[Any] = [None] * len(paths)
     remembered = known.lookup(relpaths) if known is not None else {}
@@ -105,13 +106,15 @@ def _probe_many(
         for rel, (_, error, key, _) in zip(relpaths, results, strict=True)
         if error is None
     )
+    if known is None:  # nothing to remember: the cache is off, or the fingerprint is full
+        return sizes, errors, text, None
     now = time.time_ns()
-    records = {
-        rel: record
+    fresh = (
+        (rel, record)
         for rel, (_, _, _, record) in zip(relpaths, results, strict=True)
-        if record is not None and scan_cache.settled(record[0], now)
-    }
-    return sizes, errors, text, scan_cache.Records.from_items(records.items())
+        if record is not None and scan_cache.remembers(record[0], now)
+    )
+    return sizes, errors, text, scan_cache.Records.from_items(fresh)
 
 
 def _decode_problems(root: str, relpaths: list[str]) -> list[tuple[str, str]]:
@@ -202,7 +205,7 @@ def _walk_class(
 
 def _scan_class(
     root: str,
-    item: tuple[str, scan_cache.Records],
+    item: tuple[str, scan_cache.Records | None],
     exclude: Mapping[str, str],
     full: bool,
 ) -> tuple[Any, ...]:
@@ -232,7 +235,7 @@ def _scan_by_class(
     workers: int,
     progress: Progress | None,
     guess: int,
-    known: scan_cache.Records,
+    known: scan_cache.Records | None,
 ) -> tuple[list[str], list[int], list[Any], list[tuple[str, str]]]:
     """Walk and check the class folders in worker processes, one class per task, so the walk
     is spread over the cores as well as the header checks (a serial walk first would leave
@@ -246,7 +249,7 @@ def _scan_by_class(
         progress.start(guess)
     with _scan_pool(min(workers, len(classes))) as pool:
         call = functools.partial(_scan_class, root, exclude=exclude, full=full)
-        items = [(cls, known.within(cls)) for cls in classes]
+        items = [(cls, None if known is None else known.within(cls)) for cls in classes]
         for label, (images, bad, part) in enumerate(pool.imap(call, items)):
             relpaths += images
             labels += [label] * len(images)
@@ -310,7 +313,9 @@ class FolderSource(Source):
         full = fingerprint == "full"
         workers = resolve_jobs(n_jobs)
         guess = _likely_files(root, classes) if workers > 1 and len(classes) >= 2 * workers else 0
-        known = scan_cache.Records.empty() if full else scan_cache.load_records(str(root))
+        # None: nothing remembered or to remember (the cache is off; a full fingerprint reads
+        # every file anyway).
+        known = scan_cache.load_records(str(root)) if not full and scan_cache.enabled() else None
         if guess >= PARALLEL_FROM:
             relpaths, labels, parts, problems = _scan_by_class(
                 str(root), classes, exclude, full, workers, progress, guess, known
@@ -331,7 +336,7 @@ class FolderSource(Source):
         if not relpaths:
             raise SourceError(root, f"no image files in the {len(classes)} class subfolders")
         all_sizes = np.concatenate([sizes for sizes, _, _, _ in parts])
-        if not full:
+        if known is not None:
             _remember(str(root), known, parts)
         offset = 0
         for sizes, errors, _, _ in parts:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from ipmix_cli.errors import DecodeError
 from ipmix_cli.fs.regular import NotRegularFileError, open_regular
-from ipmix_cli.fs.scan_cache import file_status
+from ipmix_cli.fs.user_cache import file_status
 
 HEAD_BYTES = 64 * 1024  # JPEG headers (EXIF thumbnails included) nearly always fit
 TAIL_BYTES = 64
@@ -47,7 +47,7 @@ class ImageHeader:
     mtime_ns: int
     decoded: bool = False
     status: tuple[int, ...] = ()
-    """The file's ``fs.scan_cache.file_status`` when it was checked."""
+    """The file's ``fs.user_cache.file_status`` when it was checked."""
 
 
 class _UnparsedError(Exception):
