@@ -17,9 +17,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from fractals import ifs, render, rng
+from fractals.deferred_interrupt import interrupts_deferred
 from fractals.errors import FractalError, describe
 from fractals.options import BACKGROUNDS, FractalOptions
-from fractals.pipeline import _generate
+from fractals.pipeline import ImageResult, _generate
 from fractals.record import build_record, render_record
 
 __all__ = ["make_image", "make_images", "warmup"]
@@ -88,25 +89,27 @@ def _make_into(seed: int, index: int, options: FractalOptions, out: np.ndarray) 
         if cached is not None:
             base_known[:] = cached[0]
             base_tried[:] = cached[1]
-    result = _generate(
-        np.uint64(seed & rng.MASK64),
-        index,
-        group,
-        instance,
-        options.size,
-        options.points,
-        options.patch,
-        BACKGROUNDS.index(options.background),
-        options.flips,
-        options.blur,
-        float(options.min_fill),
-        base_known,
-        base_tried,
-        out,
-        counts,
-        graded,
-        work,
-    )
+    with interrupts_deferred():  # see there: a Ctrl-C inside the kernel crashed numba
+        fields = _generate(
+            np.uint64(seed & rng.MASK64),
+            index,
+            group,
+            instance,
+            options.size,
+            options.points,
+            options.patch,
+            BACKGROUNDS.index(options.background),
+            options.flips,
+            options.blur,
+            float(options.min_fill),
+            base_known,
+            base_tried,
+            out,
+            counts,
+            graded,
+            work,
+        )
+    result = ImageResult._make(fields)
     # a rescued image's systems are its own, not the group's: never share them
     if options.instances > 1 and result.rescue == 0:
         with _base_lock:

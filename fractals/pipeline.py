@@ -27,8 +27,10 @@ order. It all runs in one nopython call so that a worker thread spends no time i
 holds no GIL) between the first draw and the finished pixels; :mod:`fractals.image` only
 prepares buffers and turns the :class:`ImageResult` into a record (:mod:`fractals.record`).
 
-The two results are ``namedtuple`` classes defined here at module level: numba builds and
-returns them in nopython mode, and (being importable) they survive ``cache=True``.
+The two results are ``namedtuple`` classes defined here at module level (importable, so they
+survive ``cache=True``). ``LayerResult`` stays inside nopython code; ``_generate`` hands its
+``ImageResult`` fields back as a plain tuple, since boxing a namedtuple calls into Python
+(see its return) and :mod:`fractals.image` names the fields.
 """
 
 from __future__ import annotations
@@ -387,8 +389,9 @@ def _generate(
     graded,
     work,
 ):
-    """One image into ``out`` (the whole module docstring); returns an :data:`ImageResult`,
-    from which :func:`fractals.record.build_record` makes the record."""
+    """One image into ``out`` (the whole module docstring); returns the fields of an
+    :data:`ImageResult` as a plain tuple (see the return), from which
+    :func:`fractals.record.build_record` makes the record."""
     m = base_known.shape[0]
     layered = m > 1
     boxes = np.full((m, 3), np.nan)  # (cy, cx, fs) for layered images
@@ -479,25 +482,28 @@ def _generate(
                 break
         if ok:
             break
-    return ImageResult(
-        systems=systems,
-        probabilities=probabilities,
-        n_maps=n_maps,
-        boxes=boxes,
-        system_keys=system_keys,
-        base_attempts=base_attempts,
-        base_tried=tried,
-        jitter_keys=jitter_keys,
-        jitter_attempts=jitter_attempts,
-        jitter_maps=jitter_maps,
-        jitter_scales=jitter_scales,
-        render_keys=render_keys,
-        patch_masks=patch_masks,
-        orientations=orientations,
-        fills=fills,
-        look_key=look_key,
-        look_attempt=look,
-        rescue=rescue,
-        blur_sigma=sigma,
-        guard_passed=ok,
+    # A plain tuple, in ImageResult's field order: boxing a namedtuple makes numba call
+    # Python (it unpickles the class), and a Ctrl-C pending at that moment made that call
+    # fail and numba then call a NULL class: a segmentation fault. fractals.image names it.
+    return (
+        systems,
+        probabilities,
+        n_maps,
+        boxes,
+        system_keys,
+        base_attempts,
+        tried,
+        jitter_keys,
+        jitter_attempts,
+        jitter_maps,
+        jitter_scales,
+        render_keys,
+        patch_masks,
+        orientations,
+        fills,
+        look_key,
+        look,
+        rescue,
+        sigma,
+        ok,
     )

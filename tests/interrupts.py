@@ -24,15 +24,18 @@ def random_npz(path: Path, count: int, seed: int) -> Path:
     return path
 
 
-def wait_for_shards(shards: Path, count: int, process: subprocess.Popen) -> int:
-    """Poll until ``count`` shards exist (or the run ended); return how many there are."""
+def wait_for_shards(
+    shards: Path, count: int, process: subprocess.Popen, pattern: str = "shard-*.h5"
+) -> int:
+    """Poll until ``count`` files matching ``pattern`` exist in ``shards`` (or the run ended);
+    return how many there are."""
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
-        done = len(list(shards.glob("shard-*.h5")))
+        done = len(list(shards.glob(pattern)))
         if done >= count:
             return done
         time.sleep(0.01)
-    return len(list(shards.glob("shard-*.h5")))
+    return len(list(shards.glob(pattern)))
 
 
 def _as_a_terminal_job() -> None:
@@ -43,10 +46,11 @@ def _as_a_terminal_job() -> None:
 
 
 def interrupt_after_shards(
-    args: list, shards: Path, count: int, sig: signal.Signals
+    args: list, shards: Path, count: int, sig: signal.Signals, pattern: str = "shard-*.h5"
 ) -> tuple[int, str, subprocess.Popen]:
     """Run ``python -m ipmix_cli *args`` in its own process group (like a job in a terminal),
-    send ``sig`` to the group once ``count`` shards exist, and wait for it to end.
+    send ``sig`` to the group once ``count`` shards (files matching ``pattern``) exist, and
+    wait for it to end.
 
     Returns the shards under their final names once it ended, its stderr, and the process."""
     process = subprocess.Popen(
@@ -58,11 +62,11 @@ def interrupt_after_shards(
         preexec_fn=_as_a_terminal_job,
     )
     try:
-        wait_for_shards(shards, count, process)
+        wait_for_shards(shards, count, process, pattern)
         os.killpg(process.pid, sig)
         _, stderr = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-    return len(list(shards.glob("shard-*.h5"))), stderr, process
+    return len(list(shards.glob(pattern))), stderr, process

@@ -15,9 +15,11 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from interrupts import interrupt_after_shards
 from PIL import Image
 
 from fractals import FractalOptions
+from fractals.deferred_interrupt import interrupts_deferred
 from ipmix_cli.cli import main
 from ipmix_cli.jobs.bank_job import PARTIAL_DIR, BankSpec, generate_bank
 
@@ -215,6 +217,44 @@ def test_killed_process_resumes(tmp_path: Path) -> None:
         jobs=2,
     )
     assert tree_bytes(out) == tree_bytes(reference)
+
+
+def test_a_deferred_ctrl_c_is_raised_after_the_body() -> None:
+    """Inside ``interrupts_deferred`` a SIGINT runs no handler (the body's Python code goes on
+    undisturbed); on leaving, the usual handler raises KeyboardInterrupt; the handler is put
+    back."""
+    before = signal.getsignal(signal.SIGINT)
+    steps = []
+    with pytest.raises(KeyboardInterrupt), interrupts_deferred():
+        signal.raise_signal(signal.SIGINT)
+        steps.extend(range(1000))  # Python code where the handler would otherwise run
+        steps.append("end")
+    assert steps[-1] == "end" and len(steps) == 1001
+    assert signal.getsignal(signal.SIGINT) is before
+    with interrupts_deferred():
+        pass  # nothing caught, nothing raised
+
+
+def test_ctrl_c_while_rendering_in_the_main_thread(tmp_path: Path) -> None:
+    """``--jobs 1`` renders in the command's own thread: a terminal's Ctrl-C landing inside the
+    numba kernel is raised at the first Python call after it, which was numba's own boxing of
+    the kernel's result, and crashed the process (SIGSEGV, no message). It must stop with the
+    one-line hint and exit 130, every PNG under a final name complete."""
+    out = tmp_path / "bank"
+    args = ["fractals", "generate", "--out", out, "--count", "1000", "--size", "64",
+            "--points", "50000", "--jobs", "1", "--quiet"]  # fmt: skip
+    for attempt in range(3):  # three interrupts at different moments of a chunk
+        shutil.rmtree(out, ignore_errors=True)
+        written, stderr, process = interrupt_after_shards(
+            args, out / "fractals", 20 + 37 * attempt, signal.SIGINT, pattern="*.png"
+        )
+        assert written < 1000, "the interrupt must land mid-run"
+        assert process.returncode == 130, stderr
+        assert "Fatal Python error" not in stderr and "Traceback" not in stderr, stderr
+        last = stderr.strip().splitlines()[-1]
+        assert last.startswith("interrupted: finished work is kept"), stderr
+        for png in (out / "fractals").glob("*.png"):
+            Image.open(png).load()
 
 
 def test_resume_refuses_changed_options(tmp_path: Path) -> None:
