@@ -59,8 +59,11 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
                 raise click.ClickException(one_line(error)) from None
             raise
         except KeyboardInterrupt:
+            # The newline ends a progress bar's line; with --quiet there is none.
+            start = "" if kwargs.get("quiet") else "\n"
             click.echo(
-                "\ninterrupted: finished work is kept; rerun with --resume to continue", err=True
+                f"{start}interrupted: finished work is kept; rerun with --resume to continue",
+                err=True,
             )
             sys.exit(130)
 

@@ -253,6 +253,7 @@ def test_ctrl_c_while_rendering_in_the_main_thread(tmp_path: Path) -> None:
         assert "Fatal Python error" not in stderr and "Traceback" not in stderr, stderr
         last = stderr.strip().splitlines()[-1]
         assert last.startswith("interrupted: finished work is kept"), stderr
+        assert stderr.splitlines() == [last], stderr  # --quiet: no bar, so no blank line
         for png in (out / "fractals").glob("*.png"):
             Image.open(png).load()
 
