@@ -234,6 +234,11 @@ def fractals() -> None:
     help="Also write a contact sheet of the first 64 images here, each captioned with its "
     "index (.png, or .jpg for a smaller file).",
 )
+@click.option(
+    "--no-space-check",
+    is_flag=True,
+    help="Start even if the bank's estimated size exceeds the free space.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing bank in --out.")
 @click.option("--resume", is_flag=True, help="Finish an interrupted bank in --out.")
 @quiet_option

@@ -13,9 +13,10 @@ from ipmix_cli.bank.format import MANIFEST, read_bank_images
 from ipmix_cli.errors import IpmixError, OutputError, ShardError
 from ipmix_cli.remote.url import ObjectURL, is_remote
 from ipmix_cli.shards import check_output, inspect, verify
+from ipmix_cli.shards.layout import shard_dir
 from ipmix_cli.sources import open_mixing_set
 from ipmix_cli.ui.captions import augment_captions
-from ipmix_cli.ui.contact_sheet import contact_sheet, save_png_atomic
+from ipmix_cli.ui.contact_sheet import Protected, check_sheet_path, contact_sheet, save_png_atomic
 from ipmix_cli.ui.sheets import bank_sheet, plan_augment_sheet
 from ipmix_cli.ui.summaries import verify_line
 from ipmix_cli.ui.words import count as count_of
@@ -117,8 +118,7 @@ def _augment_sheet(
     captions: list[str] = []
     for first in range(0, len(batch["labels"]), per_source):
         block = range(first, first + per_source)
-        label = int(batch["labels"][first])
-        name = names[label] if label < len(names) else str(label)
+        name = class_caption(int(batch["labels"][first]), names)
         copy_numbers = [int(batch["copy_index"][k]) for k in block]
         captions += augment_captions(int(batch["source_index"][first]), name, copy_numbers, jsd)
         if jsd:
@@ -128,6 +128,30 @@ def _augment_sheet(
         else:
             pictures += [batch["images"][k] for k in block]
     return pictures, captions, plan.columns, plan.group
+
+
+def class_caption(label: int, names: Sequence[str]) -> str:
+    """What a sheet calls a row's class: its name; its number when the output records no names;
+    and for a label no class has (a damaged or hand-edited shard: negative, or past the last
+    class) the number and that it is out of range, never some other class's name (a negative
+    index would silently pick one from the end of the list)."""
+    if 0 <= label < len(names):
+        return names[label]
+    if label >= 0 and not names:
+        return str(label)
+    return f"{label}: out of range"
+
+
+def _protected_inputs(target: Path) -> list[Protected]:
+    """What a sheet of local ``target`` must not be written over or into, even with
+    ``--overwrite``: the entry file and its shard folder, or the bank or image folder read."""
+    if target.is_dir():
+        kind = "bank" if (target / MANIFEST).is_file() else "image folder"
+        return [Protected(target, f"inside {target}, the {kind} being previewed")]
+    return [
+        Protected(target, "the output being previewed"),
+        Protected(shard_dir(target), f"inside {shard_dir(target)}, the shards being previewed"),
+    ]
 
 
 def preview_target(
@@ -145,8 +169,8 @@ def preview_target(
         raise OutputError(str(out), "the sheet is written locally; give a local --out path")
     if not is_remote(target) and not target.exists():
         raise IpmixError(target, "does not exist")
-    if out.exists() and not overwrite:
-        raise OutputError(out, "exists; pass --overwrite to replace it")
+    protected = [] if isinstance(target, ObjectURL) else _protected_inputs(target)
+    final = check_sheet_path(out, overwrite, protected)
     if isinstance(target, ObjectURL):
         from ipmix_cli.remote.mirror import mirrored
 
@@ -164,6 +188,6 @@ def preview_target(
         check_output(target)  # one-line errors for a missing or broken output
         pictures, captions, columns, group = _augment_sheet(target, count)
         sheet = contact_sheet(pictures, captions=captions, columns=columns, cell=128, group=group)
-    save_png_atomic(sheet, out)
+    save_png_atomic(sheet, final, shown=out)
     if not quiet:
         click.echo(f"{count_of(len(pictures), 'image')} -> {out}")

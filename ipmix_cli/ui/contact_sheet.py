@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ipmix_cli.fs.atomic import atomic_path
+from ipmix_cli.errors import OutputError
+from ipmix_cli.fs.atomic import atomic_path, write_error
+from ipmix_cli.fs.tree import is_within, landing_path
 from ipmix_cli.ui.captions import PADDING, caption_font, fit
 
 BACKGROUND = (32, 32, 32)
@@ -78,14 +82,65 @@ def contact_sheet(
 
 
 JPEG_SUFFIXES = (".jpg", ".jpeg")
+SHEET_SUFFIXES = (".png", *JPEG_SUFFIXES)
+"""The names a sheet may have: :func:`save_png_atomic` writes PNG, or JPEG for these two."""
 
 
-def save_png_atomic(image: Image.Image, path: Path) -> None:
+@dataclass(frozen=True)
+class Protected:
+    """Something a sheet must never be written over or into, even with ``--overwrite``: a
+    command's input, or the folder it is making. ``what`` completes "is ..." in the message."""
+
+    path: Path
+    what: str
+
+
+def check_sheet_path(path: Path, overwrite: bool, protected: Sequence[Protected] = ()) -> Path:
+    """Refuse, in one line and before any work, a sheet ``path`` that cannot or must not be
+    written; return where the write will land (:func:`~ipmix_cli.fs.tree.landing_path`).
+
+    Checked: the extension (any other one would get PNG bytes under a misleading name); that
+    it is not, and is not inside, one of ``protected`` (``--overwrite`` does not lift this: it
+    replaces a sheet, not a command's input); that its folder exists and is writable (else the
+    write fails only after the sheet was made, possibly after a whole bank was rendered); and
+    that nothing is there already unless ``overwrite``, and never a folder.
+    """
+    if Path(path).suffix.lower() not in SHEET_SUFFIXES:
+        raise OutputError(path, "a sheet's name must end in .png (PNG) or .jpg / .jpeg (JPEG)")
+    final = landing_path(path)
+    for place in protected:
+        same = os.path.exists(final) and os.path.exists(place.path)
+        if is_within(final, place.path) or (same and os.path.samefile(final, place.path)):
+            raise OutputError(path, f"is {place.what}; write the sheet elsewhere")
+    folder = final.parent
+    if not folder.is_dir():
+        given = Path(path).parent
+        missing = not os.path.lexists(folder)
+        raise OutputError(
+            path, f"folder {given} does not exist" if missing else f"{given} is not a folder"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(path, f"folder {Path(path).parent} is not writable")
+    if os.path.lexists(final):
+        if os.path.isdir(final):
+            raise OutputError(path, "exists and is not a file")
+        if not overwrite:
+            raise OutputError(path, "exists; pass --overwrite to replace it")
+    return final
+
+
+def save_png_atomic(image: Image.Image, path: Path, shown: Path | None = None) -> None:
     """Save ``image`` at ``path``, complete or not at all: PNG, or JPEG (quality 90) when the
-    name ends in .jpg / .jpeg (a photo-like bank sheet is a tenth of the size)."""
+    name ends in .jpg / .jpeg (a photo-like bank sheet is a tenth of the size). A failed write
+    (a full disk above all) is one line naming ``shown`` (default ``path``: a caller writing to
+    where :func:`check_sheet_path` said names the path the user gave), its temporary file
+    removed."""
     jpeg = Path(path).suffix.lower() in JPEG_SUFFIXES
-    with atomic_path(path) as tmp:
-        if jpeg:
-            image.convert("RGB").save(tmp, format="JPEG", quality=90)
-        else:
-            image.save(tmp, format="PNG")
+    try:
+        with atomic_path(path) as tmp:
+            if jpeg:
+                image.convert("RGB").save(tmp, format="JPEG", quality=90)
+            else:
+                image.save(tmp, format="PNG")
+    except OSError as error:
+        raise write_error(Path(shown or path), error) from None
