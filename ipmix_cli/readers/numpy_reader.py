@@ -4,7 +4,9 @@ It reads an ``ipmix augment`` output (``docs/format.md``) for training. Design c
 
 * **Checked before use.** The constructor runs :func:`ipmix_cli.shards.check_output`, so a
   missing shard or one with the wrong count is an error, never a run of zero images (HDF5
-  fills a virtual dataset's missing source silently).
+  fills a virtual dataset's missing source silently), and so is a manifest whose shard
+  counts, starts or copies do not add up (:func:`ipmix_cli.shards.manifest.manifest_faults`),
+  which would map rows to the wrong shard.
 * **Shard files, not the virtual dataset.** Batches are split by shard and read from the shard
   files (:mod:`ipmix_cli.readers.shard_io`): memory-mapped for uncompressed shards, through
   h5py for compressed ones. Reading shuffled batches through the entry's virtual dataset is
@@ -169,14 +171,11 @@ class ShardReader:
         """Human label per class id: from a ``--classes`` map that gave them, else the names."""
         self.shard_counts = np.array(manifest.shard_counts, dtype=np.int64)
         self._starts = np.concatenate(([0], np.cumsum(self.shard_counts)[:-1])).astype(np.int64)
+        # ``read_manifest`` (under check_output and open_remote) has refused a manifest whose
+        # shard counts, starts or copies x sources do not add up to its rows, so the shard
+        # table and the epoch plan below can trust these numbers
         self.copies = manifest.copies
         self.num_sources = manifest.num_sources
-        if self.num_sources < 1 or self.copies * self.num_sources != self.count:
-            raise ShardError(
-                entry,
-                f"manifest says {self.copies} copies of {self.num_sources} sources, but the "
-                f"output holds {self.count} rows",
-            )
         available = IMAGE_VIEWS if self.mode == "jsd" else ("images",)
         if views is None:
             views = available

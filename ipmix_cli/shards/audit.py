@@ -35,8 +35,9 @@ from ipmix_cli.shards.codec import (
     decode_one,
     is_coded,
 )
-from ipmix_cli.shards.entry import vds_file_name
+from ipmix_cli.shards.entry import hdf5_text, vds_file_name
 from ipmix_cli.shards.layout import (
+    FILL_INDEX,
     IMAGE_DATASETS,
     INDEX_DATASETS,
     LOCK_FILE,
@@ -46,7 +47,7 @@ from ipmix_cli.shards.layout import (
     shard_dir,
     shard_subfolders,
 )
-from ipmix_cli.shards.manifest import ShardRecord, read_manifest
+from ipmix_cli.shards.manifest import Manifest, ShardRecord, load_manifest, read_manifest
 
 
 @dataclass
@@ -221,32 +222,39 @@ def _plain_view_faults(
     count: int,
     seen: dict[int, dict[str, np.ndarray]],
     codec: str = "raw",
+    manifest: Manifest | None = None,
 ) -> list[str]:
     """What a plain HDF5 reader gets through the entry file, against the shards themselves (on
     a sample of shards): a source file name HDF5 resolves differently (a ``%`` in a name, say)
     gives it label -1 and black images without any error, and only reading through the entry
     shows that. A coded output has no image virtual dataset: its mapping is checked on
-    ``labels``, and its images the way a plain reader gets them (:func:`_plain_decoded`)."""
+    ``labels``, and its images the way a plain reader gets them (:func:`_plain_decoded`).
+
+    First the entry file itself is checked against ``manifest`` (read from ``entry`` when not
+    given), as :func:`_entry_faults` says; rows are only read through an entry whose datasets
+    have the shapes and mapping the manifest records, since reading a malformed one would
+    compare nonsense (or fail)."""
     try:
+        if manifest is None:
+            manifest = load_manifest(entry)[0]
+        picks = np.unique(np.linspace(0, len(shards) - 1, min(len(shards), _SAMPLED_SHARDS)))
+        picks = picks.astype(int).tolist()
         with h5py.File(entry, "r") as f:
+            faults = _entry_faults(entry, f, manifest, picks)
+            if faults:
+                return faults
             dset = f["images" if codec == "raw" else "labels"]
-            if dset.shape[0] != count:
-                return [f"{entry}: 'images' has {dset.shape[0]} rows, not {count}"]
-            mapped = [m.file_name for m in dset.virtual_sources()] if dset.is_virtual else []
-            if mapped != [vds_file_name(s.file) for s in shards]:
-                return [f"{entry}: virtual datasets do not map the recorded shards"]
-            faults = []
-            picks = np.unique(np.linspace(0, len(shards) - 1, min(len(shards), _SAMPLED_SHARDS)))
-            for k in picks.astype(int).tolist():
+            for k in picks:
                 s = shards[k]
                 if s.index not in seen:
                     continue  # missing or unreadable: reported already
                 labels = f["labels"][s.start : s.start + s.count]
                 rows = [s.start, s.start + s.count - 1] if s.count > 1 else [s.start]
                 if not np.array_equal(labels, seen[s.index]["labels"]):
+                    first = int(labels[0]) if labels.size else None
                     faults.append(
                         f"{entry}: plain HDF5 readers do not reach {s.file} through the entry "
-                        f"file (label {int(labels[0])} at row {s.start})"
+                        f"file (label {first} at row {s.start})"
                     )
                 elif codec != "raw":
                     faults.extend(_plain_decoded(entry, f, k, s, seen[s.index]["ends"]))
@@ -255,6 +263,148 @@ def _plain_view_faults(
             return faults
     except (OSError, KeyError, ValueError) as error:
         return [f"{entry}: unreadable entry datasets: {one_line(error, 160)}"]
+
+
+def _entry_faults(entry: Path, f: h5py.File, manifest: Manifest, picks: Sequence[int]) -> list[str]:
+    """What docs/format.md tells a plain HDF5 reader to rely on in the entry file ``f``,
+    against its ``manifest``: the root attributes (``count``, ``mode``, ``num_shards``,
+    ``shards_dir``, ``codec``, ``quality``), the lists ``shard_files``, ``shard_counts`` and
+    ``class_names`` (datasets under ``ipmix/`` in format 2, root attributes in format 1), and
+    each virtual dataset's dtype, shape, fill value (-1 is how a plain reader tells a missing
+    shard) and mapping: every shard of ``images`` (``labels`` for a coded output, which has no
+    image datasets), the shards ``picks`` of the other datasets. Our own readers go by the
+    manifest alone, so nothing else would notice an entry that misleads plain readers."""
+    faults: list[str] = []
+    shards, count, codec = manifest.shards, manifest.count, manifest.codec
+    wanted: dict[str, Any] = {
+        "count": count,
+        "mode": manifest.mode,
+        "num_shards": len(shards),
+        "shards_dir": manifest.shards_dir,
+        "codec": None if codec == "raw" else codec,
+        "quality": manifest.quality if codec == "jpeg" else None,
+    }
+    for key, value in wanted.items():
+        found = decode_attr(f.attrs.get(key))
+        if found != value or isinstance(found, bool):
+            shown = "absent" if found is None else repr(found)
+            faults.append(
+                f"{entry}: root attribute '{key}' is {shown}, the manifest records "
+                + ("none" if value is None else repr(value))
+            )
+    lists = {
+        "shard_files": ("shard files", [s.file for s in shards]),
+        "shard_counts": ("shard counts", [s.count for s in shards]),
+        "class_names": ("class names", [hdf5_text(n) for n in manifest.class_names]),
+    }
+    for key, (what, want) in lists.items():
+        if manifest.format_version >= 2:
+            where, stored = f"'{META_GROUP}/{key}'", f.get(f"{META_GROUP}/{key}")
+            value = stored[()] if isinstance(stored, h5py.Dataset) else None
+        else:  # format 1 kept the lists as root attributes
+            where, value = f"root attribute '{key}'", f.attrs.get(key)
+        if value is None:
+            faults.append(f"{entry}: {where} is missing (plain HDF5 readers rely on it)")
+            continue
+        got = _listed(value, numbers=key == "shard_counts")
+        if got is None:
+            faults.append(f"{entry}: {where} is not a list of {what}")
+        elif len(got) != len(want):
+            faults.append(
+                f"{entry}: {where} holds {len(got)} entries, the manifest records {len(want)} "
+                f"{what}"
+            )
+        elif got != want:
+            i = next(i for i, (a, b) in enumerate(zip(got, want, strict=True)) if a != b)
+            faults.append(f"{entry}: {where} differs from the manifest's {what} at entry {i}")
+    if codec != "raw":
+        faults.extend(
+            f"{entry}: '{name}' is in the entry of a {codec} output (coded images live in the "
+            "shards only)"
+            for name in IMAGE_DATASETS
+            if name in f
+        )
+    joined = [n for n in datasets_for(manifest.mode) if codec == "raw" or n not in IMAGE_DATASETS]
+    h, w = manifest.image_shape[0], manifest.image_shape[1]
+    everything = list(range(len(shards)))
+    for name in joined:
+        dset = f.get(name)
+        if not isinstance(dset, h5py.Dataset):
+            faults.append(f"{entry}: dataset '{name}' is missing")
+            continue
+        is_img = name in IMAGE_DATASETS
+        shape = (count, h, w, 3) if is_img else (count,)
+        dtype = np.dtype(np.uint8) if is_img else np.dtype("<i8")
+        if dset.shape != shape or dset.dtype != dtype:
+            faults.append(
+                f"{entry}: '{name}' is {dset.dtype} {dset.shape}, expected {dtype} {shape}"
+            )
+            continue
+        fill = 0 if is_img else FILL_INDEX
+        if dset.fillvalue != fill:
+            faults.append(
+                f"{entry}: '{name}' has fill value {dset.fillvalue}, not {fill} (what plain HDF5 "
+                "readers see for a missing shard)"
+            )
+        if not dset.is_virtual:
+            faults.append(f"{entry}: '{name}' is not a virtual dataset over the shards")
+            continue
+        fault = _mapping_fault(
+            entry, name, dset, shards, everything if name == joined[0] else picks
+        )
+        if fault:
+            faults.append(fault)
+    return faults
+
+
+def _listed(value: Any, numbers: bool) -> list[Any] | None:
+    """A stored list (an h5py dataset's or attribute's value) as Python strings, or integers
+    when ``numbers``; ``None`` when it is not a one-dimensional list of those."""
+    array = np.asarray(value)
+    if array.ndim != 1:
+        return None
+    if numbers:
+        return array.tolist() if array.dtype.kind in "iu" else None
+    out = []
+    for item in array.tolist():
+        if isinstance(item, bytes):
+            try:
+                item = item.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+        if not isinstance(item, str):
+            return None
+        out.append(item)
+    return out
+
+
+def _mapping_fault(
+    entry: Path, name: str, dset: h5py.Dataset, shards: Sequence[ShardRecord], ks: Sequence[int]
+) -> str | None:
+    """Whether virtual dataset ``name`` maps one source per shard and, for shards ``ks``,
+    shard ``k``'s dataset ``name`` onto the rows the manifest records for it (read from the
+    dataset's creation properties: no shard is opened)."""
+    plist = dset.id.get_create_plist()
+    n = plist.get_virtual_count()
+    if n != len(shards):
+        return (
+            f"{entry}: virtual datasets do not map the recorded shards ('{name}' maps {n} "
+            f"sources, the manifest records {len(shards)} shards)"
+        )
+    for k in ks:
+        s = shards[k]
+        bounds = plist.get_virtual_vspace(k).get_select_bounds()
+        rows = (bounds[0][0], bounds[1][0]) if bounds else None
+        if (
+            plist.get_virtual_filename(k) != vds_file_name(s.file)
+            or plist.get_virtual_dsetname(k) != name
+            or rows != (s.start, s.start + s.count - 1)
+        ):
+            return (
+                f"{entry}: virtual datasets do not map the recorded shards ('{name}' source "
+                f"{k} is not rows {s.start}..{s.start + s.count - 1} of {s.file})"
+            )
+    return None
 
 
 def _plain_decoded(
@@ -321,23 +471,26 @@ def verify(
 ) -> VerifyReport:
     """Check an output end to end and list every fault found (does not stop at the first).
 
-    Checks: every shard present and readable; attributes, dataset shapes and dtypes as the entry
-    records; data checksums match (``deep``; reads everything); labels within the class names;
-    counts add up; the entry's virtual datasets point at the recorded shard files, and what a
-    plain HDF5 reader sees through them (every label, the first and last image of shards spread
-    over the output) is what the shards hold. Raises :class:`ShardError` only when
-    ``entry_path`` is not a readable ipmix entry file at all. ``jobs`` worker processes share a
-    large output's shards (-1: every core).
+    Checks: everything a reader refuses when it opens the output (:func:`load_manifest`: shard
+    counts and starts adding up, copies x sources, the ``format_version`` attribute), all of it
+    rather than the first, from the same function the readers use, so verify cannot pass what
+    they refuse; every shard present and readable; attributes, dataset shapes and dtypes as the
+    entry records; data checksums match (``deep``; reads everything); labels within the class
+    names; the entry's root attributes, ``ipmix/`` lists and virtual datasets as docs/format.md
+    promises plain HDF5 readers (:func:`_entry_faults`), and what such a reader sees through
+    them (every label, the first and last image of shards spread over the output) is what the
+    shards hold. Raises :class:`ShardError` only when ``entry_path`` is not a readable ipmix
+    entry file at all (or one of a newer format). ``jobs`` worker processes share a large
+    output's shards (-1: every core).
     """
     entry = Path(entry_path).absolute()
-    manifest = read_manifest(entry)
+    manifest, refused = load_manifest(entry)  # what every reader refuses, all of it
     shards = manifest.shards
     report = VerifyReport(str(entry), count=manifest.count, num_shards=len(shards))
+    report.faults.extend(f"{entry}: {fault}" for fault in refused)
     n_classes = len(manifest.class_names)
     mode = manifest.mode
     image_shape = manifest.image_shape
-    if sum(s.count for s in shards) != report.count:
-        report.faults.append(f"{entry}: shard counts do not add up to {report.count}")
     picks = np.linspace(0, len(shards) - 1, min(len(shards), _SAMPLED_SHARDS)).astype(int)
     sampled = {shards[k].index for k in np.unique(picks).tolist()}
     coding = (manifest.codec, manifest.quality)
@@ -347,7 +500,9 @@ def verify(
         report.faults.extend(faults)
         seen.update(part)
     report.shards_checked = len(shards)
-    report.faults.extend(_plain_view_faults(entry, shards, report.count, seen, manifest.codec))
+    report.faults.extend(
+        _plain_view_faults(entry, shards, report.count, seen, manifest.codec, manifest)
+    )
     folder = entry.parent / (manifest.shards_dir or shard_dir(entry).name)
     known = {(entry.parent / s.file).absolute() for s in shards}
     places = [folder, *shard_subfolders(folder)]

@@ -35,7 +35,7 @@ from ipmix_cli.shards.layout import (
     datasets_for,
     shard_dir,
 )
-from ipmix_cli.shards.manifest import Manifest
+from ipmix_cli.shards.manifest import Manifest, manifest_faults
 from ipmix_cli.shards.memfile import h5_in_memory
 from ipmix_cli.shards.shard_info import ShardInfo, read_shard_info
 
@@ -78,7 +78,10 @@ def write_entry(
     ``skipped``... see the manifest module); this function adds what it learns from the shards
     (count, mode, image shape, class names, the shard list, the codec and JPEG quality: a
     ``codec`` or ``quality`` in ``about`` that the shards contradict is an error, and a
-    ``quality`` is only kept for JPEG outputs). The entry is written atomically.
+    ``quality`` is only kept for JPEG outputs); ``copies`` and ``num_sources`` in ``about`` must
+    multiply to the rows joined, or every reader would refuse the entry
+    (:func:`~ipmix_cli.shards.manifest.manifest_faults`), so it is not written. The entry is
+    written atomically.
     ``check_shards=False`` skips re-reading each shard's attributes, for a caller that has just
     written (or deep-checked) them all; each shard's size is still taken from the disk,
     unless ``sizes`` gives them (in index order: shards that live in a bucket, not here).
@@ -165,6 +168,9 @@ def write_entry(
         manifest = Manifest.from_dict(fields, "the manifest to write")
     except ValueError as error:
         raise ShardError(entry, str(error)) from None
+    faults = manifest_faults(manifest)  # the job's copies x sources against the rows joined:
+    if faults:  # every reader would refuse the entry, so it is not written
+        raise ShardError(entry, faults[0])
     text = manifest.to_json()
     joined = [n for n in datasets_for(mode) if codec == "raw" or n not in IMAGE_DATASETS]
     size_hint = len(text) + len(infos) * 512 * len(joined) + sum(map(len, names))

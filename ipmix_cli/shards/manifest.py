@@ -1,8 +1,10 @@
 """The manifest: what an entry file says about its output, as one typed, versioned object.
 
 Written in one place (``write_entry`` stores :meth:`Manifest.to_json`) and read in one place
-(:func:`read_manifest`, which every reader, ``verify`` and ``inspect`` use), so the schema lives
-here and nowhere else. Two kinds of fields:
+(:func:`load_manifest`; :func:`read_manifest`, which every reader and ``inspect`` use, refuses
+what it finds wrong, ``verify`` reports all of it), so the schema lives here and nowhere else,
+and so do the checks that its numbers fit together (:func:`manifest_faults`). Two kinds of
+fields:
 
 * the output's shape, filled in by ``write_entry`` from the shards it joins: ``count``,
   ``mode``, ``image_shape``, ``class_names``, ``shards_dir``, ``shards``, and how the images
@@ -265,9 +267,60 @@ def _str(d: Mapping[str, Any], key: str, where: str, default: str | None = None)
     return value
 
 
-def read_manifest(entry: Path) -> Manifest:
-    """The manifest of the entry file ``entry``, after checking it is one we can read (format
-    version 2 keeps it in the ``ipmix/manifest`` dataset, version 1 in an attribute)."""
+def manifest_faults(manifest: Manifest) -> list[str]:
+    """Every way ``manifest`` contradicts itself, one line each (empty when it holds together).
+
+    :meth:`Manifest.from_dict` checks each field on its own; this checks that they fit: the
+    shards listed in index order, each holding at least one row and starting where the one
+    before ends, their counts adding up to ``count``, and ``copies * num_sources == count``.
+    Readers find a row's shard from these numbers, so a manifest failing any of them would
+    read rows from the wrong shard or past a shard's end; :func:`read_manifest` therefore
+    refuses it (every reader, ``preview`` and ``inspect`` go through it) and ``verify`` lists
+    all of them, from this one function, so the two cannot drift apart.
+    """
+    faults: list[str] = []
+    shards = manifest.shards
+    if not shards:
+        faults.append("manifest records no shards")
+    expected_start = 0
+    for i, s in enumerate(shards):
+        if s.index != i:
+            faults.append(
+                f"manifest: shard {i} records index {s.index}; shards must be listed in "
+                f"index order 0..{len(shards) - 1}"
+            )
+        if s.count < 1:
+            faults.append(f"manifest: shard {i} records {s.count} rows; a shard holds at least 1")
+        if s.start != expected_start:
+            where = f"where shard {i - 1} ends" if i else "the first row"
+            faults.append(
+                f"manifest: shard {i} starts at row {s.start}, not {expected_start} ({where})"
+            )
+        expected_start = s.start + s.count
+    total = sum(s.count for s in shards)
+    if total != manifest.count:
+        faults.append(
+            f"manifest: shard counts do not add up to {manifest.count} (they add up to {total})"
+        )
+    if manifest.num_sources < 1 or manifest.copies * manifest.num_sources != manifest.count:
+        faults.append(
+            f"manifest says {manifest.copies} copies of {manifest.num_sources} sources, but the "
+            f"output holds {manifest.count} rows"
+        )
+    return faults
+
+
+def load_manifest(entry: Path) -> tuple[Manifest, list[str]]:
+    """The manifest of the entry file ``entry`` and everything in it that readers refuse (see
+    :func:`manifest_faults`; also a root ``format_version`` attribute that is missing or not
+    the manifest's), for ``verify``, which reports them all instead of stopping at the first.
+
+    Raises :class:`ShardError` when ``entry`` is no readable ipmix entry file at all, or one of
+    a newer format than this ipmix reads (by its manifest or by its root ``format_version``
+    attribute, which is what a plain HDF5 reader goes by: docs/format.md says a reader must
+    refuse a larger version). Format version 2 keeps the manifest in the ``ipmix/manifest``
+    dataset, version 1 in an attribute.
+    """
     try:
         if not regular_or_absent(entry):
             raise ShardError(entry, "output entry file does not exist")
@@ -276,6 +329,7 @@ def read_manifest(entry: Path) -> Manifest:
     try:
         with h5py.File(entry, "r") as f:
             kind = decode_attr(f.attrs.get("kind"))
+            root_version = decode_attr(f.attrs.get("format_version"))
             stored = f.get(f"{META_GROUP}/manifest")
             if isinstance(stored, h5py.Dataset):
                 text = decode_attr(stored[()])
@@ -285,7 +339,38 @@ def read_manifest(entry: Path) -> Manifest:
         raise ShardError(entry, f"unreadable entry file: {one_line(error, 160)}") from None
     if kind != ENTRY_KIND or not isinstance(text, str):
         raise ShardError(entry, "not an ipmix output entry file (no kind='ipmix-entry')")
+    is_int = isinstance(root_version, int) and not isinstance(root_version, bool)
+    if is_int and root_version > FORMAT_VERSION:
+        raise ShardError(
+            entry,
+            f"format_version attribute {root_version}: written in a newer format than this "
+            f"ipmix reads (up to {FORMAT_VERSION})",
+        )
     try:
-        return Manifest.from_json(text, "manifest")
+        manifest = Manifest.from_json(text, "manifest")
     except ValueError as error:
         raise ShardError(entry, one_line(error)) from None
+    faults = []
+    if root_version is None:
+        faults.append("no format_version attribute on the root group")
+    elif not is_int:
+        faults.append(f"format_version attribute is {root_version!r}, not an integer")
+    elif root_version != manifest.format_version:
+        faults.append(
+            f"format_version attribute {root_version} disagrees with the manifest's "
+            f"{manifest.format_version}"
+        )
+    return manifest, faults + manifest_faults(manifest)
+
+
+def read_manifest(entry: Path) -> Manifest:
+    """The manifest of the entry file ``entry``, after checking it is one we can read and that
+    it holds together (:func:`load_manifest`): the first fault found is raised as a
+    :class:`ShardError` naming ``entry``, so a reader never maps rows to the wrong shard."""
+    manifest, faults = load_manifest(entry)
+    if faults:
+        more = (
+            f" (and {len(faults) - 1} more; `ipmix verify` lists them)" if len(faults) > 1 else ""
+        )
+        raise ShardError(entry, faults[0] + more)
+    return manifest
