@@ -13,7 +13,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hostile import digest_tree, ipmix, mixing_folder, one_line_failure, output_digest, small_npz
+from hostile import (
+    digest_tree,
+    ipmix,
+    mixing_folder,
+    one_line_failure,
+    output_digest,
+    small_npz,
+    small_tmpfs,
+)
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="a full disk is a small tmpfs mounted for the test, which needs root"
@@ -23,13 +31,8 @@ needs_root = pytest.mark.skipif(
 @pytest.fixture()
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 3 MB tmpfs: room for a few shards or images, then ENOSPC."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)], check=True)
-    try:
+    with small_tmpfs(tmp_path / "disk", "3m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def grow(mount: Path) -> None:

@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import h5py
 import pytest
 from click.testing import CliRunner, Result
-from hostile import digest_tree, small_npz
+from hostile import digest_tree, small_npz, small_tmpfs
 from PIL import Image
 
 from ipmix_cli.cli import main
@@ -238,13 +237,8 @@ def test_a_damaged_record_names_the_manifest_and_the_image(
 @pytest.fixture()
 def tiny(tmp_path: Path) -> Iterator[Path]:
     """A real 1 MiB tmpfs."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], check=True)
-    try:
+    with small_tmpfs(tmp_path / "tiny", "1m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def fill(mount: Path) -> None:
