@@ -7,6 +7,7 @@ it reads instead of loading a whole array into every process.
 
 from __future__ import annotations
 
+import errno
 import os
 import zipfile
 from collections.abc import Iterable
@@ -17,6 +18,7 @@ import numpy as np
 
 from ipmix_cli.errors import IpmixError, SourceError, one_line
 from ipmix_cli.fs.digest_cache import sha256_file
+from ipmix_cli.fs.regular import path_kind
 from ipmix_cli.sources.base import (
     ABANDONED_HANDLES,
     LAZY_LOAD,
@@ -24,6 +26,7 @@ from ipmix_cli.sources.base import (
     as_names,
     check_labels,
     class_names_for,
+    path_exists,
 )
 
 
@@ -41,6 +44,46 @@ def check_images(path: Path, key: str, shape: tuple[int, ...], dtype: np.dtype) 
         )
     if shape[0] == 0:
         raise SourceError(path, f"'{key}' holds no images (shape {tuple(shape)})")
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # what np.load takes for an .npz
+_KINDS = (
+    (b"\x89HDF\r\n\x1a\n", "an HDF5 file"),
+    (_NPY_MAGIC, "an .npy array"),
+    (b"PK\x03\x04", "a zip archive (.npz)"),
+    (b"PK\x05\x06", "a zip archive (.npz)"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x80", "a Python pickle"),
+)
+
+
+def _head(path: Path) -> bytes:
+    """The first bytes of ``path``, which say what it holds."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(8)
+    except OSError as error:
+        raise SourceError(path, f"cannot read file ({error.strerror or error})") from None
+
+
+def _holds(head: bytes) -> str:
+    """What a file starting with ``head`` holds, in words, for an error message."""
+    if not head:
+        return "an empty file"
+    return next((kind for magic, kind in _KINDS if head.startswith(magic)), "something else")
+
+
+def check_content(path: Path, fmt: str) -> None:
+    """Refuse ``path`` unless its first bytes are those of ``fmt`` (``"npz"``, ``"npy"``): a
+    format forced on the wrong file (``--input-format``), or a file named for another format,
+    would otherwise be read as whatever ``np.load`` makes of it (an .npy array where an archive
+    is expected, a pickle where an array is), a traceback at best."""
+    head = _head(path)
+    ok = head.startswith(_ZIP_MAGICS) if fmt == "npz" else head.startswith(_NPY_MAGIC)
+    if not ok:
+        raise SourceError(path, f"not a valid .{fmt} file (it is {_holds(head)})")
 
 
 class ArraySource(Source):
@@ -157,6 +200,7 @@ class NpzSource(ArraySource):
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
+        check_content(path, "npz")
         try:
             with np.load(path, allow_pickle=False) as npz:
                 keys = set(npz.files)
@@ -174,7 +218,11 @@ class NpzSource(ArraySource):
                     header = (arr.shape, arr.dtype)
                 self._set_images(image_key, *header)
                 self.labels = check_labels(path, npz[label_key], self._shape[0], label_key)
-                names = as_names(npz["class_names"]) if "class_names" in keys else []
+                names = (
+                    as_names(npz["class_names"], path, "'class_names'")
+                    if "class_names" in keys
+                    else []
+                )
         except IpmixError:
             raise
         except (OSError, ValueError, zipfile.BadZipFile) as error:
@@ -206,20 +254,22 @@ class NpySource(ArraySource):
         self._set_images("images", arr.shape, arr.dtype)
         if labels_path is None:
             lp = path.with_name(path.stem + "_labels.npy")
-            if not lp.is_file():
+            if not _sibling_is_file(lp):
                 raise SourceError(
                     path, f"no labels: expected sibling {lp.name} or an explicit labels path"
                 )
         else:
             lp = Path(labels_path).absolute()
-            if not lp.is_file():
+            if not path_exists(lp):
                 raise SourceError(lp, "labels file does not exist")
+            if not lp.is_file():
+                raise SourceError(lp, f"labels must be an .npy file, this is {path_kind(lp)}")
         self.labels_path = lp
         self.labels = check_labels(lp, _load_npy(lp, mmap=False), self._shape[0])
         names_path = path.with_name(path.stem + "_class_names.txt")
         names: list[str] = []
-        if names_path.is_file():
-            names = [ln.strip() for ln in names_path.read_text("utf-8").splitlines() if ln.strip()]
+        if _sibling_is_file(names_path):
+            names = _read_names(names_path)
         self.class_names = class_names_for(path, self.labels, names)
 
     def _array(self) -> np.ndarray:
@@ -236,24 +286,186 @@ class NpySource(ArraySource):
         return {"labels_path": str(self.labels_path)}
 
 
+def _sibling_is_file(path: Path) -> bool:
+    """Whether the optional sibling file ``path`` (labels, class names) is there. A name the
+    file system cannot hold (a long input name plus a suffix) cannot be there either, so that
+    is a plain no; any other failure of the look-up names the file."""
+    try:
+        return path.is_file()
+    except OSError as error:
+        if error.errno == errno.ENAMETOOLONG:
+            return False
+        raise SourceError(path, f"cannot look it up ({error.strerror or error})") from None
+
+
+def _read_names(path: Path) -> list[str]:
+    """Class names of an .npy input, one per line of ``path``: UTF-8 text, as the docs say;
+    bytes that are not would otherwise be a traceback (or, decoded leniently, wrong names)."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise SourceError(path, f"cannot read file ({error.strerror or error})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise SourceError(
+            path,
+            f"not UTF-8 text (byte {data[error.start]:#04x} on line {line}); "
+            "class names must be UTF-8, one per line",
+        ) from None
+    return [ln.strip() for ln in text.splitlines() if ln.strip()]
+
+
 def _load_npy(path: Path, *, mmap: bool) -> np.ndarray:
+    check_content(path, "npy")  # np.load would open an .npz (or a pickle) as well
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (OSError, ValueError) as error:
         raise SourceError(path, f"not a readable .npy file ({one_line(error)})") from None
 
 
-def _h5_strings(value: Any) -> list[str]:
+def _h5_strings(value: Any, path: Path) -> list[str]:
+    """Class names from an HDF5 ``class_names`` attribute: a JSON list, one string, or an
+    array of strings; text that is not UTF-8 is an error naming ``path``."""
+    what = "'class_names' attribute"
     if isinstance(value, (str, bytes)):
         import json
 
-        text = value.decode() if isinstance(value, bytes) else value
+        text = as_names([value], path, what)[0]
         try:
             parsed = json.loads(text)
         except ValueError:
             return [text]
-        return as_names(parsed) if isinstance(parsed, list) else [text]
-    return as_names(np.asarray(value).ravel().tolist())
+        return as_names(parsed, path, what) if isinstance(parsed, list) else [text]
+    return as_names(np.asarray(value).ravel().tolist(), path, what)
+
+
+def without_frames(error: IpmixError) -> IpmixError:
+    """``error``, cut loose from the frames it was raised through and from the error it
+    replaced, to be raised again by the caller. Those frames hold h5py objects, and one still
+    alive when the interpreter exits (the CLI exits holding its error) can crash HDF5's own
+    clean-up: a virtual dataset's creation property list segfaults it, after the message."""
+    error.__traceback__ = None
+    error.__context__ = None
+    error.__cause__ = None
+    return error
+
+
+def check_hdf5(path: Path) -> None:
+    """Refuse ``path`` unless it is an HDF5 file (h5py's own test, which finds a superblock
+    after a user block too): "file signature not found" says less than what the file is."""
+    import h5py
+
+    try:
+        ok = h5py.is_hdf5(path)
+    except OSError as error:
+        raise SourceError(path, f"cannot read file ({error.strerror or error})") from None
+    if not ok:
+        raise SourceError(path, f"not a valid HDF5 file (it is {_holds(_head(path))})")
+
+
+def _vds_candidates(vfile: Path, name: str) -> list[Path]:
+    """Where HDF5 looks for the source file ``name`` of a virtual dataset in ``vfile``, in its
+    order (H5Pset_virtual): an absolute name as it is, then (stripped of its folders if it was
+    absolute) under each ``HDF5_VDS_PREFIX`` entry (``${ORIGIN}``: the folder of ``vfile``),
+    under the folder of ``vfile``, and as given, from the working folder."""
+    src = Path(name)
+    found = [src] if src.is_absolute() else []
+    rel = Path(src.name) if src.is_absolute() else src
+    for prefix in os.environ.get("HDF5_VDS_PREFIX", "").split(os.pathsep):
+        if prefix:
+            found.append(Path(prefix.replace("${ORIGIN}", str(vfile.parent))) / rel)
+    return [*found, vfile.parent / rel, rel]
+
+
+def check_virtual_sources(path: Path, dset: Any, key: str) -> None:
+    """Refuse a virtual dataset ``key`` of HDF5 file ``path`` whose data is not all there:
+    HDF5 reads the part of a missing source file, of a source file without the named dataset,
+    or past the end of a shorter source dataset, as the fill value, so those images would
+    silently be black (or labels 0). Each source file is looked for as HDF5 looks for it and
+    opened once. Source names with a printf-style pattern (``%b``: an unlimited dataset whose
+    files HDF5 finds when it opens them) are not checked; a plain dataset has nothing to check.
+    """
+    if not dset.is_virtual:
+        return
+    import h5py
+
+    # Plain values first: an h5py selection object still referenced from an error's traceback
+    # when the interpreter shuts HDF5 down crashes it (a segfault after the message).
+    maps = [(v.file_name, v.dset_name, _source_need(v)) for v in dset.virtual_sources()]
+    where = f"'{key}' is a virtual dataset whose source"
+    files: dict[str, Any] = {}
+    try:
+        for name, inner, need in maps:
+            if "%" in name:
+                continue
+            if name not in files:
+                files[name] = _open_vds_source(path, name, where)
+            src_file = files[name]
+            source = src_file.get(inner) if src_file is not None else dset.file.get(inner)
+            shown = name if name != "." else str(path)
+            if not isinstance(source, h5py.Dataset):
+                raise SourceError(
+                    path, f"{where} file {shown} holds no dataset '{inner}' (it would read as 0)"
+                )
+            short = _short_source(tuple(int(n) for n in source.shape), need)
+            if short is not None:
+                raise SourceError(
+                    path, f"{where} {shown}:{inner} has {short} (HDF5 would read the rest as 0)"
+                )
+    finally:
+        for handle in files.values():
+            if handle is not None:
+                handle.close()
+
+
+def _open_vds_source(path: Path, name: str, where: str) -> Any:
+    """The source file ``name`` of a virtual dataset in ``path``, opened (``None``: ``path``
+    itself); a missing or unreadable one is a :class:`SourceError`."""
+    import h5py
+
+    if name == ".":
+        return None
+    tried = []
+    for candidate in _vds_candidates(path, name):
+        try:
+            if not candidate.is_file():
+                continue
+            return h5py.File(candidate, "r")
+        except OSError as error:  # HDF5 too moves on to its next place
+            tried.append(f"{candidate}: {one_line(error)}")
+    if tried:
+        raise SourceError(path, f"{where} file {name} cannot be opened ({tried[0]})")
+    raise SourceError(path, f"{where} file {name} is missing (HDF5 would read its part as zeros)")
+
+
+def _source_need(vmap: Any) -> tuple[int, ...] | int | None:
+    """What one mapping of a virtual dataset needs of its source dataset: the last index its
+    selection reaches, per axis (a tuple), or, where it maps the whole source (``H5S_ALL``,
+    which records no extent), the number of elements it maps (an int); ``None`` for an
+    unlimited selection (nothing fixed to check)."""
+    from h5py import h5s
+
+    try:
+        if vmap.src_space.get_select_type() == h5s.SEL_ALL:
+            return int(vmap.vspace.get_select_npoints())
+        _, end = vmap.src_space.get_select_bounds()
+    except (ValueError, RuntimeError, TypeError):
+        return None
+    return tuple(int(e) for e in end)
+
+
+def _short_source(shape: tuple[int, ...], need: tuple[int, ...] | int | None) -> str | None:
+    """How a source dataset of ``shape`` fails what a mapping needs (:func:`_source_need`)."""
+    if need is None:
+        return None
+    if isinstance(need, int):
+        have = int(np.prod(shape, dtype=np.int64))
+        return None if have == need else f"{have} values where it maps {need}"
+    if len(need) == len(shape) and all(e < n for e, n in zip(need, shape, strict=True)):
+        return None
+    return f"shape {shape}, smaller than the {tuple(e + 1 for e in need)} it maps"
 
 
 class Hdf5Source(ArraySource):
@@ -263,6 +475,15 @@ class Hdf5Source(ArraySource):
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
+        check_hdf5(path)
+        try:
+            names = self._read_meta(path)
+        except IpmixError as error:
+            raise without_frames(error) from None
+        self.class_names = class_names_for(path, self.labels, names)
+
+    def _read_meta(self, path: Path) -> list[str]:
+        """Check the file and set images, labels; the class names it records."""
         import h5py
 
         from ipmix_cli import shards
@@ -286,17 +507,22 @@ class Hdf5Source(ArraySource):
                     raise SourceError(path, f"'{image_key}' is a group, not a dataset")
                 self._set_images(image_key, dset.shape, dset.dtype)
                 lab = f[label_key]
+                if not isinstance(lab, h5py.Dataset):
+                    raise SourceError(path, f"'{label_key}' is a group, not a dataset")
+                if not ours:  # an ipmix output's shards were checked above, one stat each
+                    check_virtual_sources(path, dset, image_key)
+                    check_virtual_sources(path, lab, label_key)
                 self.label_key = label_key
                 self.labels = check_labels(path, lab[()], self._shape[0], label_key)
                 raw = f.attrs.get("class_names", lab.attrs.get("class_names"))
-                names = _h5_strings(raw) if raw is not None else []
+                names = _h5_strings(raw, path) if raw is not None else []
                 if recorded is not None:
                     names = recorded
         except IpmixError:
             raise
         except (OSError, ValueError, KeyError) as error:
             raise SourceError(path, f"not a readable HDF5 file ({one_line(error)})") from None
-        self.class_names = class_names_for(path, self.labels, names)
+        return names
 
     def _array(self) -> Any:
         handle = self.__dict__.get("_cache_h5")

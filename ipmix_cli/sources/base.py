@@ -8,6 +8,8 @@ read. An HDF5 handle inherited through ``fork`` is never reused (the owning pid 
 
 from __future__ import annotations
 
+import errno
+import os
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -171,9 +173,48 @@ class Source:
                 value.close()
 
 
-def as_names(values: Any) -> list[str]:
-    """Class names from bytes or any values, as ``str``."""
-    return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values]
+def as_names(values: Any, path: Path, what: str = "class names") -> list[str]:
+    """Class names from bytes or any values, as ``str``; ``path`` and ``what`` (the key they
+    came from) name them in the one-line :class:`SourceError` for names that are not a list or
+    bytes that are not UTF-8 text: a name must never be silently read wrong, and a traceback
+    would not say which file holds it."""
+    if isinstance(values, np.ndarray) and values.ndim != 1:
+        raise SourceError(path, f"{what} has shape {values.shape}, expected one name per class")
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise SourceError(path, f"{what} is {type(values).__name__}, not a list of names")
+    names = []
+    for i, v in enumerate(values):
+        if isinstance(v, bytes):  # np.bytes_ too
+            try:
+                v = v.decode("utf-8")
+            except UnicodeDecodeError:
+                raise SourceError(path, f"{what}: name {i} ({v!r}) is not UTF-8 text") from None
+        names.append(str(v))
+    return names
+
+
+def path_exists(path: Path) -> bool:
+    """Whether ``path`` exists. Any other answer of the file system than "no such file" (a
+    name too long for it, a loop of links, a folder above that cannot be searched) is a
+    one-line :class:`SourceError` naming the path: ``Path.exists`` raises those on Python 3.11,
+    and a traceback would not say which of the command's paths is wrong."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as error:
+        raise SourceError(path, path_problem(error)) from None
+    return True
+
+
+def path_problem(error: OSError) -> str:
+    """What an ``OSError`` of a look-up says of the path, in the words the job's own check of
+    the names it is given uses (``ipmix_cli.fs.probe``), so both read alike."""
+    if error.errno == errno.ENAMETOOLONG:
+        return "name too long (longer than the file system allows)"
+    if error.errno == errno.ELOOP:
+        return "symlink loop (symbolic links that point at each other)"
+    return f"cannot look it up ({error.strerror or error})"
 
 
 def check_labels(path: Path, labels: Any, n: int, key: str = "labels") -> np.ndarray:
@@ -187,6 +228,9 @@ def check_labels(path: Path, labels: Any, n: int, key: str = "labels") -> np.nda
         raise SourceError(path, f"'{key}' has {lab.shape[0]} entries but there are {n} images")
     if lab.dtype.kind not in "iub":
         raise SourceError(path, f"'{key}' has dtype {lab.dtype}, expected integers")
+    if n and lab.dtype.kind == "u" and int(lab.max()) > np.iinfo(np.int64).max:
+        # int64 would wrap it to a negative number: say the value the file holds
+        raise SourceError(path, f"'{key}' contains {int(lab.max())}, too large for a class id")
     lab = lab.astype(np.int64)
     if n and lab.min() < 0:
         raise SourceError(

@@ -143,7 +143,7 @@ class CifarSource(Source):
         if meta_path.is_file():
             meta, raw = _load_pickle(meta_path)
             hashes[meta_name] = {"bytes": len(raw), "sha256": hashlib.sha256(raw).hexdigest()}
-            names = as_names(meta.get(names_key, []))
+            names = as_names(meta.get(names_key, []), meta_path, f"'{names_key}'")
         self.class_names = class_names_for(root, self.labels, names)
         self._fingerprint = {
             "format": self.format,

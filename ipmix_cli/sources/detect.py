@@ -9,7 +9,7 @@ from pathlib import Path
 from ipmix_cli.errors import SourceError
 from ipmix_cli.fs.regular import path_kind
 from ipmix_cli.sources.arrays import Hdf5Source, NpySource, NpzSource
-from ipmix_cli.sources.base import Progress, Source
+from ipmix_cli.sources.base import Progress, Source, path_exists
 from ipmix_cli.sources.cifar import CifarSource, cifar_variant
 from ipmix_cli.sources.class_map import ClassMap
 from ipmix_cli.sources.folder import FolderSource
@@ -24,7 +24,7 @@ NPY_MAGIC = b"\x93NUMPY"
 def detect_format(path: str | os.PathLike[str]) -> str:
     """Guess the input format of ``path`` (see the module doc); SourceError if unknown."""
     p = Path(path)
-    if not p.exists():
+    if not path_exists(p):
         raise SourceError(p, "no such file or folder")
     if p.is_dir():
         return "cifar" if cifar_variant(p) else "folder"
@@ -75,7 +75,8 @@ def open_source(
     ``source.skipped`` and do not count in ``len`` / ``labels``). It applies to per-file problems
     in image folders; a broken array file is always an error.
 
-    ``split`` selects the CIFAR split; ``labels_path`` gives the labels of a ``.npy`` input.
+    ``split`` selects the CIFAR split; ``labels_path`` gives the labels of a ``.npy`` input
+    (and is refused for any other, which holds its labels: it would be ignored).
     Folders only: every file's header is checked now (``n_jobs`` worker processes, reporting to
     ``progress``); ``fingerprint`` is ``"stat"`` (path, size, mtime, format and size per file)
     or ``"full"`` (content hashes); ``exclude`` maps relative paths to the reason they are left
@@ -89,9 +90,17 @@ def open_source(
         raise SourceError(
             p, f"unknown input format {input_format!r} (choose from {', '.join(FORMATS)})"
         )
-    if not p.exists():
+    if not path_exists(p):
         raise SourceError(p, "no such file or folder")
     fmt = input_format or detect_format(p)
+    if labels_path is not None and fmt != "npy":
+        # before a folder's scan: an .npz, HDF5 or CIFAR input holds its labels, and a
+        # folder's are its class folders, so a labels file given for them would be ignored
+        raise SourceError(
+            Path(labels_path).absolute(),
+            f"--labels gives the labels of an .npy input; {p} is {fmt} data, "
+            "which holds its own labels",
+        )
     if fmt in ("folder", "cifar") and not p.is_dir():
         raise SourceError(p, f"input format '{fmt}' needs a folder, this is {path_kind(p)}")
     if fmt in ("npz", "npy", "hdf5") and not p.is_file():

@@ -35,7 +35,13 @@ from ipmix_cli.fs.user_cache import file_status
 from ipmix_cli.sources.base import Progress, Source, is_hidden, is_ipmix_output
 from ipmix_cli.sources.class_map import ClassMap
 from ipmix_cli.sources.decode import decode_image, is_image_name
-from ipmix_cli.sources.headers import HEAD_BYTES, TAIL_BYTES, probe_image
+from ipmix_cli.sources.headers import (
+    HEAD_BYTES,
+    TAIL_BYTES,
+    pixel_limit,
+    probe_image,
+    too_large,
+)
 
 FINGERPRINTS = ("stat", "full")
 PARALLEL_FROM = 2048  # files: below this a pool costs more than it saves
@@ -65,8 +71,13 @@ def _stat_key(nbytes: int, mtime_ns: int, fmt: str, height: int, width: int) -> 
     return f"{nbytes}\t{mtime_ns}\t{fmt}\t{height}x{width}"
 
 
-def _remembered(path: str, record: scan_cache.Record) -> tuple[Any, ...] | None:
-    """``_probe_file``'s answer for a file whose status is still ``record``'s, else None."""
+def _remembered(path: str, record: scan_cache.Record, limit: int | None) -> tuple[Any, ...] | None:
+    """``_probe_file``'s answer for a file whose status is still ``record``'s, else None.
+
+    A record whose size is over the decoder's pixel ``limit`` (:func:`headers.pixel_limit`)
+    is not trusted either: a cache written before the scan refused such files, or under a
+    higher limit, must not let a decompression bomb through; the file is checked again, and
+    refused."""
     try:
         st = os.stat(path)
     except OSError:
@@ -74,6 +85,8 @@ def _remembered(path: str, record: scan_cache.Record) -> tuple[Any, ...] | None:
     if file_status(st) != record[0] or not stat.S_ISREG(st.st_mode):
         return None
     _, height, width, fmt = record
+    if too_large(height, width, limit) is not None:
+        return None
     return (height, width), None, _stat_key(st.st_size, st.st_mtime_ns, fmt, height, width), record
 
 
@@ -87,9 +100,10 @@ def _probe_many(
     paths = [os.path.join(root, rel) for rel in relpaths]
     results: list[Any] = [None] * len(paths)
     remembered = known.lookup(relpaths) if known is not None else {}
+    limit = pixel_limit()
     for i, rel in enumerate(relpaths):
         if rel in remembered:
-            results[i] = _remembered(paths[i], remembered[rel])
+            results[i] = _remembered(paths[i], remembered[rel], limit)
     todo = [i for i, result in enumerate(results) if result is None]
     # The scan reads a header and a tail per file, in order: the disk fetches the next
     # files' while this one is parsed (a whole-file hash reads the whole file).

@@ -11,6 +11,9 @@ workers decode each image anyway. So the scan reads what a file says about itsel
 * PNG: the IHDR chunk for the size, and the IEND chunk at the end.
 * Anything else (BMP, GIF, TIFF, WebP...): Pillow's lazy open, which reads the header only.
 
+A size over the decoder's decompression-bomb limit (:func:`pixel_limit`) is refused here: the
+header says it, so the scan can, where the worker's decode would fail only once work started.
+
 A JPEG or PNG whose end marker is missing is not necessarily broken (some writers append
 padding after it): :func:`probe_image` then decodes it fully to decide, so only odd files pay for
 a decode in the scan. What the header check cannot see (corrupt data in the middle of a file) is
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import os
 import struct
+import warnings
 from dataclasses import dataclass
 
 from ipmix_cli.errors import DecodeError
@@ -48,6 +52,30 @@ class ImageHeader:
     decoded: bool = False
     status: tuple[int, ...] = ()
     """The file's ``fs.user_cache.file_status`` when it was checked."""
+
+
+def pixel_limit() -> int | None:
+    """The most pixels :func:`~ipmix_cli.sources.decode.decode_image` takes: Pillow's hard
+    decompression-bomb limit, ``2 * Image.MAX_IMAGE_PIXELS`` (beyond ``MAX_IMAGE_PIXELS``
+    Pillow only warns, and the decoder ignores that warning); ``None`` when a caller switched
+    the limit off. Read each time, so the scan follows whatever the decoder follows."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS
+    return None if limit is None else 2 * int(limit)
+
+
+def too_large(height: int, width: int, limit: int | None) -> str | None:
+    """Why an image of ``height`` x ``width`` cannot be decoded under ``limit`` pixels
+    (:func:`pixel_limit`), or ``None`` when it can. Counted as Pillow counts (a zero side as
+    one), so the scan refuses exactly what the decoder would."""
+    pixels = max(1, height) * max(1, width)
+    if limit is None or pixels <= limit:
+        return None
+    return (
+        f"image too large: its header declares {height}x{width} = {pixels} pixels, over the "
+        f"decoder's limit of {limit} pixels (a decompression bomb, or a picture too big to use)"
+    )
 
 
 class _UnparsedError(Exception):
@@ -120,10 +148,16 @@ def _pillow_size(path: str) -> tuple[str, int, int]:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
-            width, height = img.size
-            fmt = (img.format or "image").lower()
-            orientation = img.getexif().get(0x0112, 1)
+        with warnings.catch_warnings():
+            # Pillow's open checks the bomb limit itself: its warning is only advisory (the
+            # decoder ignores it too), its error is answered below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size
+                fmt = (img.format or "image").lower()
+                orientation = img.getexif().get(0x0112, 1)
+    except Image.DecompressionBombError as error:
+        raise DecodeError(path, f"image too large ({error})") from None
     except UnidentifiedImageError:
         raise DecodeError(path, "not an image file (Pillow cannot identify it)") from None
     except (OSError, SyntaxError, ValueError) as error:
@@ -178,6 +212,9 @@ def probe_image(path: str) -> ImageHeader:
             raise _UnparsedError
     except _UnparsedError:
         fmt, height, width = _pillow_size(path)
+    problem = too_large(height, width, pixel_limit())
+    if problem is not None:  # before any decode: the header alone says it cannot be used
+        raise DecodeError(path, problem)
     decoded = False
     if not complete:  # no end marker: truncated, or padded by its writer; a decode decides
         height, width = _decoded_size(path)

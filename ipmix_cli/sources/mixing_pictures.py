@@ -11,8 +11,13 @@ import numpy as np
 from ipmix_cli.cores import available_cores
 from ipmix_cli.errors import IpmixError, SourceError, one_line
 from ipmix_cli.fs.regular import path_kind
-from ipmix_cli.sources.arrays import check_images
-from ipmix_cli.sources.base import is_hidden
+from ipmix_cli.sources.arrays import (
+    check_hdf5,
+    check_images,
+    check_virtual_sources,
+    without_frames,
+)
+from ipmix_cli.sources.base import is_hidden, path_exists
 from ipmix_cli.sources.decode import decode_image, is_image_name
 from ipmix_cli.sources.detect import HDF5_SUFFIXES
 
@@ -25,9 +30,22 @@ a fractal bank spends ~80% of its ~1.6 ms there), so a 1,000-picture bank is rea
 def mixing_files(path: str | os.PathLike[str]) -> list[Path]:
     """The files a mixing set is read from, in order: a folder's pictures (searched
     recursively, sorted by relative path, hidden entries and non-image files skipped), else the
-    one HDF5 bank file in it; an HDF5 path is itself. Errors name the path."""
+    one HDF5 bank file in it; an HDF5 path is itself. Errors name the path.
+
+    An HDF5 bank is checked here, without reading its pixels (:func:`_open_h5_bank`): the job
+    keys its cache of prepared mixing sets by these files, and an HDF5 file whose ``images``
+    are virtual reads a missing shard as black pictures, which no hash of the file itself
+    shows."""
+    files = _find_files(path)
+    if files[0].suffix.lower() in HDF5_SUFFIXES or not Path(path).is_dir():
+        _open_h5_bank(files[0], 0)
+    return files
+
+
+def _find_files(path: str | os.PathLike[str]) -> list[Path]:
+    """:func:`mixing_files`, without the check of an HDF5 bank."""
     p = Path(path).absolute()
-    if not p.exists():
+    if not path_exists(p):
         raise SourceError(p, "mixing set does not exist")
     if not p.is_dir():
         if not p.is_file():  # opening a named pipe would wait for a writer
@@ -54,31 +72,53 @@ def open_mixing_set(path: str | os.PathLike[str], limit: int | None = None) -> l
     undecodable picture is an error naming it: a mixing set is small and should be clean.
     ``limit`` keeps only the first pictures (a preview need not decode a whole bank).
     """
-    files = mixing_files(path)
+    files = _find_files(path)
     if Path(path).is_dir() and files[0].suffix.lower() not in HDF5_SUFFIXES:
         return decode_pictures(files[:limit])
-    return _open_h5_bank(files[0], limit)
+    return _open_h5_bank(files[0], limit)  # checked there
 
 
 def _open_h5_bank(p: Path, limit: int | None) -> list[np.ndarray]:
+    """The first ``limit`` pictures of an HDF5 mixing set (all for ``None``; ``0``: only the
+    check). Its ``images`` may be virtual (an ipmix output, ``ipmix export``'s for one): every
+    part must be there, as for an ``--input``, because HDF5 reads a missing shard as black
+    pictures, and a mixing set of black pictures trains silently wrong."""
+    check_hdf5(p)
+    try:
+        arr = _read_h5_bank(p, limit)
+    except IpmixError as error:
+        raise without_frames(error) from None
+    if arr.ndim == 3:
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    elif arr.shape[3] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    return [np.ascontiguousarray(a) for a in arr]
+
+
+def _read_h5_bank(p: Path, limit: int | None) -> np.ndarray:
+    """The checks and the read of :func:`_open_h5_bank`, whose frame holds h5py objects."""
     import h5py
+
+    from ipmix_cli import shards
 
     try:
         with h5py.File(p, "r") as f:
             if "images" not in f:
                 raise SourceError(p, "mixing-set HDF5 file has no 'images' dataset")
             dset = f["images"]
+            if not isinstance(dset, h5py.Dataset):
+                raise SourceError(p, "'images' is a group, not a dataset")
             check_images(p, "images", dset.shape, dset.dtype)
+            if f.attrs.get("kind") == shards.ENTRY_KIND:
+                shards.check_output(p)  # every shard there as recorded, one stat each
+            else:
+                check_virtual_sources(p, dset, "images")
             arr = dset[:limit]
     except IpmixError:
         raise
-    except OSError as error:
+    except (OSError, ValueError, KeyError) as error:
         raise SourceError(p, f"not a readable HDF5 file ({one_line(error)})") from None
-    if arr.ndim == 3:
-        arr = np.repeat(arr[..., None], 3, axis=-1)
-    elif arr.shape[3] == 1:
-        arr = np.repeat(arr, 3, axis=-1)
-    return [np.ascontiguousarray(a) for a in arr]
+    return arr
 
 
 def decode_pictures(files: list[Path], threads: int | None = None) -> list[np.ndarray]:

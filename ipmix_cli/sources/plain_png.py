@@ -61,8 +61,9 @@ def decode_plain_png(data: bytes) -> np.ndarray | None:
     width, height, depth, colour, compression, filtering, interlace = header
     if (depth, colour, compression, filtering, interlace) != (8, 2, 0, 0, 0):
         return None
-    if not 0 < width * height <= 2 * Image.MAX_IMAGE_PIXELS:  # Pillow's bomb limit decides
-        return None
+    pixels, limit = width * height, Image.MAX_IMAGE_PIXELS  # limit None: switched off
+    if pixels <= 0 or (limit is not None and pixels > 2 * limit):
+        return None  # over Pillow's bomb limit: Pillow decides (and refuses)
     stride = width * 3 + 1
     stream = parts[0] if len(parts) == 1 else b"".join(parts)
     try:
