@@ -105,3 +105,34 @@ def test_off_switch_and_pruning(tmp_path, cache, monkeypatch):
     for side in (32, 40, 48):
         prepare_mixing(bank, IPMixConfig.preset("cifar", size=(side, side)), lambda *a: None)
     assert len(list(cache.glob("*.npz"))) == 2
+
+
+def test_a_replaced_shard_of_an_hdf5_bank_is_prepared_again(tmp_path, cache):
+    """An ipmix output used as the mixing set keeps its pixels in its shards: one swapped for
+    a shard of the same size from another output (the entry file untouched) must not bring
+    back the remembered pictures."""
+    from click.testing import CliRunner
+
+    from ipmix_cli.cli import main
+
+    entries = []
+    for seed in (0, 1):
+        rng = np.random.default_rng(seed)
+        data = tmp_path / f"m{seed}.npz"
+        np.savez(data, images=rng.integers(0, 256, (20, 40, 40, 3), dtype=np.uint8),
+                 labels=np.zeros(20, np.int64))  # fmt: skip
+        out = tmp_path / f"set{seed}" / "m.h5"
+        args = ["export", "--input", str(data), "--out", str(out), "--preset", "cifar",
+                "--size", "40", "--shard-size", "10", "--quiet"]  # fmt: skip
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+        entries.append(out)
+    first = prepare_mixing(entries[0], CIFAR, lambda *a: None)
+    _same(first, entries[0], CIFAR)
+    shard = sorted(entries[0].with_suffix(".shards").glob("shard-*.h5"))[1]
+    other = entries[1].with_suffix(".shards") / shard.name
+    assert shard.stat().st_size == other.stat().st_size
+    shard.write_bytes(other.read_bytes())
+    again = prepare_mixing(entries[0], CIFAR, lambda *a: None)
+    _same(again, entries[0], CIFAR)
+    assert again.pixels_sha256 != first.pixels_sha256

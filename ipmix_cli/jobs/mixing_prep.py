@@ -31,6 +31,7 @@ from ipmix_cli.augment.mixing_set import MixingSet, resized_shape
 from ipmix_cli.fs.atomic import temporary_sibling
 from ipmix_cli.fs.digest_cache import sha256_file
 from ipmix_cli.fs.user_cache import cache_off, cache_root
+from ipmix_cli.sources.detect import HDF5_SUFFIXES
 from ipmix_cli.sources.mixing_pictures import mixing_files, open_mixing_set
 from ipmix_cli.versions import byte_versions
 
@@ -88,8 +89,10 @@ def prepare_mixing(
 def _entry_path(path: Path, config: IPMixConfig) -> Path | None:
     if cache_off("IPMIX_MIXING_CACHE"):
         return None
-    files = mixing_files(path)
+    files = _keyed_files(mixing_files(path))
     root = Path(path).absolute()
+    if not root.is_dir():
+        root = root.parent  # a bank file: it and its shards are named from its folder
     digest = hashlib.sha256(
         json.dumps(
             {"versions": byte_versions(), "size": config.size, "side": config.mixing_side},
@@ -98,11 +101,22 @@ def _entry_path(path: Path, config: IPMixConfig) -> Path | None:
     )
     try:
         for f in files:
-            name = f.relative_to(root).as_posix() if f != root else ""
+            name = f.relative_to(root).as_posix()
             digest.update(f"{name}\0{f.stat().st_size}\0{sha256_file(f)}\n".encode())
     except (OSError, ValueError):
         return None  # the load itself then says what is wrong with the file
     return cache_root() / "mixing" / f"{digest.hexdigest()[:40]}.npz"
+
+
+def _keyed_files(files: list[Path]) -> list[Path]:
+    """The files whose bytes key a prepared mixing set: ``files``, and for an HDF5 bank that
+    is an ipmix output its shards too, since its pixels live there (a shard replaced by
+    another of the same size must not bring back the old pictures)."""
+    if len(files) == 1 and files[0].suffix.lower() in HDF5_SUFFIXES:
+        shards = files[0].with_suffix(".shards")
+        if shards.is_dir():
+            return [files[0], *sorted(shards.glob("*.h5"))]
+    return files
 
 
 def _read_entry(entry: Path, config: IPMixConfig) -> PreparedMixing | None:
