@@ -31,6 +31,7 @@ __all__ = [
     "ShardError",
     "SourceError",
     "one_line",
+    "printable",
 ]
 
 
@@ -44,6 +45,21 @@ def one_line(text: object, limit: int = 300) -> str:
     if len(s) > limit:
         s = s[: limit - 3] + "..."
     return s
+
+
+_CONTROL_ESCAPES = {
+    code: (
+        "\\n" if code == 10 else "\\r" if code == 13 else "\\t" if code == 9 else f"\\x{code:02x}"
+    )
+    for code in (*range(32), 127)
+}
+
+
+def printable(name: object) -> str:
+    """``name`` with its control characters written as escapes (``\\n``, ``\\x1b``): a file
+    may be called ``bad<newline>name.png``, and a message naming it must still be one line
+    that shows which file it is (other characters, unicode included, are kept)."""
+    return str(name).translate(_CONTROL_ESCAPES)
 
 
 def _location(path: object) -> str | None:
@@ -81,7 +97,7 @@ class IpmixError(Exception):
     def __str__(self) -> str:
         if self.path is None:
             return self.problem
-        return f"{self.path}: {self.problem}"
+        return f"{printable(self.path)}: {self.problem}"
 
 
 class SourceError(IpmixError):

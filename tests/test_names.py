@@ -10,7 +10,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from hostile import ipmix, mixing_folder, one_line_failure, small_npz
+from hostile import image_folder, ipmix, mixing_folder, one_line_failure, small_npz
 from PIL import Image
 
 from ipmix_cli.readers import ShardReader
@@ -93,3 +93,19 @@ def test_class_folders_that_are_not_utf8(tmp_path: Path) -> None:
     assert "caf\\xe9" in stored and manifest["class_names"] == expected
     checked = ipmix("verify", out)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_a_file_name_with_a_newline_is_named_on_one_line(tmp_path: Path) -> None:
+    """``bad<newline>name.png`` that is not an image: the one-line error shows the name with its
+    newline escaped (the line still says which file it is); with ``--on-error skip`` the
+    warning is one line too."""
+    root = image_folder(tmp_path / "photos", [(32, 32)] * 4)
+    (root / "class0" / "bad\nname.png").write_bytes(b"not a picture")
+    args = ["augment", "--input", root, "--mixing-set", mixing_folder(tmp_path / "mix")]
+    failed = ipmix(*args, "--out", tmp_path / "a.h5", "--quiet")
+    line = one_line_failure(failed, "bad\\nname.png", "not an image")
+    assert str(root / "class0") in line
+    skipped = ipmix(*args, "--out", tmp_path / "b.h5", "--quiet", "--on-error", "skip")
+    assert skipped.returncode == 0, skipped.stderr
+    warnings = [line for line in skipped.stderr.splitlines() if line.strip()]
+    assert len(warnings) == 1 and "bad\\nname.png" in warnings[0], skipped.stderr

@@ -15,6 +15,7 @@ from ipmix_cli.augment.config import IPMixConfig
 from ipmix_cli.commands import RunOptions
 from ipmix_cli.commands.heap import frozen_heap
 from ipmix_cli.cores import resolve_jobs
+from ipmix_cli.errors import printable
 from ipmix_cli.jobs.augment_job import preflight, run_augment
 from ipmix_cli.jobs.augment_spec import AugmentSpec
 from ipmix_cli.jobs.estimate import estimate_output, free_bytes
@@ -152,7 +153,7 @@ def _augment_dataset(spec: AugmentSpec, run: RunOptions) -> None:
             space_check=not run.no_space_check,
         )
     for path, reason in summary.skipped:  # warnings: printed even with --quiet
-        click.echo(f"skipped {path}: {reason}", err=True)
+        click.echo(f"skipped {printable(path)}: {reason}", err=True)
     if not run.quiet:
         click.echo(summary.line())
 
