@@ -133,7 +133,7 @@ def augment_dataset(spec: AugmentSpec, run: RunOptions) -> None:
 def _augment_dataset(spec: AugmentSpec, run: RunOptions) -> None:
     backend = resolve_backend(run.backend, run.scheduler, default="threads")
     if run.dry_run:
-        _dry_run(spec, run.jobs, backend, quiet=run.quiet)
+        _dry_run(spec, run, backend)
         return
     name = "export" if spec.clean else "augment"
     with (
@@ -158,13 +158,15 @@ def _augment_dataset(spec: AugmentSpec, run: RunOptions) -> None:
         click.echo(summary.line())
 
 
-def _dry_run(spec: AugmentSpec, jobs: int, backend: str, quiet: bool = False) -> None:
-    """Every check the real run makes (it runs the same preflight), then the plan: rows,
-    shards, output bytes for the codec, the free space, and a time from a timed sample."""
+def _dry_run(spec: AugmentSpec, run: RunOptions, backend: str) -> None:
+    """Every check the real run makes (it runs the same preflight, with the same --overwrite
+    and --resume, so it refuses what the run would), then the plan: rows, shards, output bytes
+    for the codec, the free space, and a time from a timed sample."""
+    jobs = run.jobs
     started = time.perf_counter()
     startup = started - ipmix_cli.STARTED  # imports: a real run pays them again
-    with LazyBar("scan", unit="files", enabled=not quiet) as scan:
-        plan = preflight(spec, jobs=jobs, progress=scan)
+    with LazyBar("scan", unit="files", enabled=not run.quiet) as scan:
+        plan = preflight(spec, jobs=jobs, progress=scan, overwrite=run.overwrite, resume=run.resume)
     config = spec.config
     h, w = config.size
     mixing = plan.mixing

@@ -17,7 +17,8 @@ from ipmix_cli.bank.format import MANIFEST, load_manifest, read_bank_images
 from ipmix_cli.commands import RunOptions
 from ipmix_cli.commands.heap import frozen_heap
 from ipmix_cli.errors import BankError, OutputError
-from ipmix_cli.fs.tree import is_within, make_folders, remove_empty_folders
+from ipmix_cli.fs.probe import lies_within, real_path
+from ipmix_cli.fs.tree import make_folders, remove_empty_folders
 from ipmix_cli.jobs.bank_job import LOCK_FILE, OUTPUT_NAMES, BankSpec, generate_bank
 from ipmix_cli.jobs.estimate import free_bytes
 from ipmix_cli.jobs.parallel import backend_session, resolve_backend
@@ -234,8 +235,8 @@ def render_fractals(
         raise OutputError(out, "exists and is not a folder")
     # Checked and written where the files land (``missing/../r`` names ``r`` only once
     # ``missing`` exists); named as given.
-    real = Path(os.path.realpath(out))
-    if is_within(real, bank_folder):
+    real = real_path(out)
+    if lies_within(real, real_path(bank_folder)):
         raise OutputError(out, f"is inside the bank {bank_folder}; write the images elsewhere")
     names = {index: f"{index:05d}.png" for index in wanted}
     for name in names.values():

@@ -56,26 +56,6 @@ def remove_tree(folder: Path, keep: Collection[str] = ()) -> None:
             raise OutputError(folder, f"cannot remove ({error.strerror or error})") from None
 
 
-def landing_path(path: Path) -> Path:
-    """Where a write of ``path`` lands: its folder resolved (symlinks and ``..`` followed, the
-    folders that do not exist yet taken as they are spelt), its own name kept.
-
-    Why: ``exists()`` on ``missing/../notes.txt`` is false while ``missing`` does not exist,
-    but once a command has created ``missing`` the same path names ``notes.txt``; a check made
-    before the work must look at the file the write will reach. The last name is not followed,
-    because an atomic rename replaces a symbolic link itself, not what it points to.
-    """
-    path = Path(path)
-    return Path(os.path.realpath(path.parent)) / path.name
-
-
-def is_within(path: Path, folder: Path) -> bool:
-    """Whether ``path`` (as :func:`landing_path` gives it) is ``folder`` or lies inside it,
-    ``folder`` resolved the same way as a whole (a folder's own symbolic link is followed)."""
-    place = Path(os.path.realpath(folder))
-    return path == place or place in path.parents
-
-
 def make_folders(folder: Path) -> Path | None:
     """Create ``folder`` and any missing parents; return the topmost folder this call created
     (``None`` when ``folder`` was there already), so that a command that fails can remove what

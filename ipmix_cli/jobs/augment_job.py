@@ -17,7 +17,7 @@ import os
 import pickle
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from ipmix_cli.augment.config import IPMixConfig
 from ipmix_cli.augment.engine import warmup
 from ipmix_cli.augment.mixing_set import MixingSet
 from ipmix_cli.cores import resolve_jobs
-from ipmix_cli.errors import AugmentError, DecodeError, DiskFullError
+from ipmix_cli.errors import AugmentError, DecodeError, DiskFullError, OutputError, SourceError
 from ipmix_cli.fs.atomic import (
     atomic_path,
     deferred_writes,
@@ -36,7 +36,8 @@ from ipmix_cli.fs.atomic import (
     write_bytes_atomic,
     write_error,
 )
-from ipmix_cli.jobs.augment_output import AugmentOutput, State
+from ipmix_cli.fs.probe import path_problem
+from ipmix_cli.jobs.augment_output import MIXING_FILE, SOURCE_FILE, AugmentOutput, State
 from ipmix_cli.jobs.augment_spec import AugmentSpec, AugmentSummary
 from ipmix_cli.jobs.augment_tasks import ShardTask, commit_all, compute_shards, handed_mixing
 from ipmix_cli.jobs.estimate import estimate_output
@@ -45,18 +46,16 @@ from ipmix_cli.jobs.parallel import run_unordered
 from ipmix_cli.jobs.remote_bank import fetch_bank
 from ipmix_cli.jobs.remote_output import RemoteAugmentOutput, output_for
 from ipmix_cli.remote.url import ObjectURL
-from ipmix_cli.shards import (
-    shard_filename,
-)
+from ipmix_cli.shards import shard_dir, shard_filename
 from ipmix_cli.shards.layout import shard_subfolders
 from ipmix_cli.sources import Source, open_source
 from ipmix_cli.sources.base import Progress
 from ipmix_cli.sources.class_map import read_class_map
+from ipmix_cli.sources.detect import HDF5_SUFFIXES, detect_format
 from ipmix_cli.sources.folder import FolderSource
+from ipmix_cli.sources.mixing_pictures import mixing_files
 from ipmix_cli.versions import byte_versions
 
-MIXING_FILE = "mixing-set.npz"
-SOURCE_FILE = "source.pkl"
 MAX_MIXING_BYTES = 8 << 30  # the prepared mixing set, in memory in every worker process
 
 
@@ -176,14 +175,27 @@ def preflight(
     jobs: int = 1,
     progress: Progress | None = None,
     exclude: Mapping[str, str] | None = None,
+    *,
+    overwrite: bool = False,
+    resume: bool = False,
+    locked: bool = False,
 ) -> AugmentPlan:
     """Every check the job can make before it starts, in the order of their cost; ``--dry-run``
-    runs exactly this. Nothing is written."""
+    runs exactly this with the run's ``overwrite`` and ``resume``, so it refuses whatever the
+    run would (an existing output, a resume of another job, a folder of the user's files, a
+    held lock). Nothing is written. ``locked``: the caller already holds the output's lock (a
+    rerun inside the job), which is then not probed."""
+    check_run_flags(spec, overwrite, resume)
     spec.validate()
-    output = output_for(spec.out)
-    output.check_names()
     local_mixing = None if spec.clean or isinstance(spec.mixing_set, ObjectURL) else spec.mixing_set
-    output.check_apart_from([spec.input, local_mixing, spec.labels_path])
+    check_input_names([spec.input, local_mixing, spec.labels_path, spec.classes])
+    output = output_for(spec.out)
+    with _naming_out(output, spec.out):
+        output.check_names()
+        output.check_apart_from(input_paths(spec))
+        if not locked:
+            output.check_unlocked()
+        output.check_state(overwrite, resume)
     source, prepared = open_inputs(spec, jobs=jobs, progress=progress, exclude=exclude)
     spec.validate_size(len(source))
     config = spec.config
@@ -198,8 +210,74 @@ def preflight(
                 "--resize center (the default) takes any size",
             )
     if prepared is None:
-        return _plan(spec, source, None, {})
-    return _plan(spec, source, prepared.mixing, _fingerprint_mixing(prepared, spec.mixing_set))
+        plan = _plan(spec, source, None, {})
+    else:
+        plan = _plan(spec, source, prepared.mixing, _fingerprint_mixing(prepared, spec.mixing_set))
+    with _naming_out(output, spec.out):
+        output.check_claim(plan.identity, plan.job_hash, overwrite, resume)
+    return plan
+
+
+def check_run_flags(spec: AugmentSpec, overwrite: bool, resume: bool) -> None:
+    """--overwrite and --resume contradict each other: refused before anything else."""
+    if overwrite and resume:
+        raise AugmentError(f"{spec.out}: choose one of --overwrite and --resume")
+
+
+def check_input_names(paths: Iterable[Path | None]) -> None:
+    """Each input path given can be looked at: a name too long or a symbolic link loop is one
+    line naming it here, before any code that would meet it as a traceback (``pathlib``
+    raises on both)."""
+    for path in paths:
+        if path is None:
+            continue
+        problem = path_problem(path)
+        if problem is not None:
+            raise SourceError(Path(path).absolute(), problem)
+
+
+def input_paths(spec: AugmentSpec) -> list[Path]:
+    """Every local path the job reads, given or implied, for the output to keep apart from:
+    the data set, the mixing set (not a bucket's), ``--labels``, ``--classes``, and what a
+    source reads beside its file: ``X_labels.npy`` (unless ``--labels``) and
+    ``X_class_names.txt`` of an ``.npy`` input, an HDF5 input's shard folder (an ipmix output
+    read as input reads its shards), and a mixing folder's HDF5 bank with its shard folder."""
+    local_mixing = None if spec.clean or isinstance(spec.mixing_set, ObjectURL) else spec.mixing_set
+    given = [spec.input, local_mixing, spec.labels_path, spec.classes]
+    paths = [Path(path).absolute() for path in given if path is not None]
+    implied = []
+    source = Path(spec.input).absolute()
+    if os.path.isfile(source):
+        try:
+            fmt = spec.input_format or detect_format(source)
+        except SourceError:
+            fmt = None  # not a data set at all: opening it says so
+        if fmt == "npy":
+            if spec.labels_path is None:
+                implied.append(source.with_name(source.stem + "_labels.npy"))
+            implied.append(source.with_name(source.stem + "_class_names.txt"))
+        elif fmt == "hdf5":
+            implied.append(shard_dir(source))
+    if local_mixing is not None:
+        try:
+            files = mixing_files(local_mixing)
+        except SourceError:
+            files = []  # missing or empty: loading it says so
+        if len(files) == 1 and files[0].suffix.lower() in HDF5_SUFFIXES:
+            implied += [files[0], shard_dir(files[0])]
+    # A sibling whose name is too long cannot exist, so nothing can overwrite it.
+    return paths + [path for path in implied if path_problem(path) is None]
+
+
+@contextlib.contextmanager
+def _naming_out(output: AugmentOutput, out: Path | ObjectURL) -> Iterator[None]:
+    """Errors about an ``s3://`` output's local staging entry name the URL the user gave."""
+    try:
+        yield
+    except (OutputError, AugmentError) as error:
+        if isinstance(output, RemoteAugmentOutput) and error.path == str(output.entry):
+            raise type(error)(str(out), error.problem) from None
+        raise
 
 
 def _plan(
@@ -247,16 +325,16 @@ def run_augment(
     then runs the job again without the broken ones, since the row layout depends on the
     number of images.
     """
-    if overwrite and resume:
-        raise AugmentError(f"{spec.out}: choose one of --overwrite and --resume")
+    check_run_flags(spec, overwrite, resume)  # before the warm-up thread: an instant refusal
     started = time.perf_counter()
     in_process = backend == "threads" or (backend == "loky" and resolve_jobs(jobs) == 1)
     warm = in_process and not spec.clean
     # A folder's scan forks workers: the warm-up thread (inside numba) starts after it.
-    folder = Path(spec.input).is_dir() and spec.input_format in (None, "folder")
+    # os.path.isdir, not Path.is_dir: a name too long must reach preflight's one-line refusal.
+    folder = os.path.isdir(spec.input) and spec.input_format in (None, "folder")
     warming = _start_warmup(spec.config) if warm and not folder else None
     try:
-        plan = preflight(spec, jobs=jobs, progress=scan)
+        plan = preflight(spec, jobs=jobs, progress=scan, overwrite=overwrite, resume=resume)
         if warm and folder:
             warming = _start_warmup(spec.config)
         output = output_for(spec.out)
@@ -313,7 +391,9 @@ def _attempt(
             ) from None
         raise
     broken = plan.source.undecodable(jobs, progress=scan)
-    plan = preflight(spec, jobs=jobs, progress=scan, exclude=dict(broken))
+    plan = preflight(
+        spec, jobs=jobs, progress=scan, exclude=dict(broken), overwrite=True, locked=True
+    )
     try:
         return run(plan, overwrite=True, resume=False)
     except BaseException:

@@ -3,12 +3,22 @@
 An output is the entry file ``OUT.h5`` and the folder ``OUT.shards`` (shards, the job's work
 folder ``.work`` while it runs, and the ``.lock`` file). Rules, checked before any work:
 
-* Nothing the user already has is replaced without ``--overwrite``; nothing that is an input
-  (the data set, the mixing set, a labels file) is ever removed, even with ``--overwrite``.
+* Nothing the user already has is replaced without ``--overwrite``: a shard folder holding
+  files ipmix does not write there is refused before any work. Nothing that is an input (the
+  data set, the mixing set, a labels or classes file, the sibling files a source reads, the
+  shard folder of an HDF5 input) is ever replaced or removed, even with ``--overwrite``: neither
+  the entry file nor the shard folder may be, contain or lie inside one.
+* A shard folder is named after the entry's stem (``docs/format.md``), so ``c.h5``, ``c.hdf5``
+  and ``c`` would share ``c.shards``: a folder that belongs to another existing entry file is
+  never touched, even with ``--overwrite``. A shard folder that is a symbolic link is refused
+  (ipmix would write its lock and shards into whatever folder it points at).
 * ``--resume`` continues only the same job: same inputs, options and library versions, whether
   the earlier run was interrupted or finished; anything else is refused, naming what differs.
 * A failed or stopped attempt that committed no shard blocks nothing: the next run clears it.
 * One job per output at a time (:mod:`ipmix_cli.fs.lock`).
+
+Every check that does not change the output is a method here that ``--dry-run`` runs as the
+real run does (``check_*``); :meth:`AugmentOutput.claim` repeats them under the lock, then acts.
 """
 
 from __future__ import annotations
@@ -17,13 +27,14 @@ import contextlib
 import enum
 import json
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ipmix_cli.errors import AugmentError, OutputError, ShardError
-from ipmix_cli.fs.atomic import write_bytes_atomic
+from ipmix_cli.fs.atomic import is_temporary_name, write_bytes_atomic
 from ipmix_cli.fs.lock import exclusive_lock
+from ipmix_cli.fs.probe import lies_within, lock_holder, path_problem, real_path, write_target
 from ipmix_cli.fs.tree import nearest_existing, remove_tree
 from ipmix_cli.jobs.estimate import check_space
 from ipmix_cli.shards import (
@@ -36,13 +47,25 @@ from ipmix_cli.shards import (
     shard_is_valid,
     write_entry,
 )
-from ipmix_cli.shards.layout import LOCK_FILE, shard_files_in, shard_relpath
+from ipmix_cli.shards.layout import (
+    ENTRY_KIND,
+    LOCK_FILE,
+    SHARD_NAME,
+    SUBFOLDER_NAME,
+    shard_files_in,
+    shard_relpath,
+)
 
 if TYPE_CHECKING:
     from ipmix_cli.jobs.augment_spec import AugmentSpec
 
 WORK_DIR = ".work"
 JOB_FILE = "job.json"
+MIXING_FILE = "mixing-set.npz"
+SOURCE_FILE = "source.pkl"
+FINISHED_ENTRY_FILE = "finished-entry.h5"  # an s3:// output's entry, fetched to compare
+WORK_FILES = frozenset({JOB_FILE, MIXING_FILE, SOURCE_FILE, FINISHED_ENTRY_FILE})
+"""Every file a job writes in its work folder (besides temporaries of atomic writes)."""
 
 _WHAT = {
     "environment": "library versions",
@@ -76,8 +99,10 @@ class AugmentOutput:
     # -- checks made before any work (nothing is written) -----------------------------------
     def check_names(self) -> None:
         """The names can be written: valid UTF-8 (HDF5 file names in the entry file must be),
-        an entry file name rather than a folder, a shard folder that is not a file, and a place
-        this process may create them in."""
+        no name too long and no symbolic link loop on the way (``pathlib`` would raise a
+        traceback on either), an entry file name rather than a folder, a shard folder that is a
+        real folder (not a file, not a link to someone's folder) of this entry's own, and a
+        place this process may create them in."""
         for path in (self.entry, self.folder):
             try:
                 os.fsencode(path).decode("utf-8")
@@ -85,10 +110,24 @@ class AugmentOutput:
                 raise OutputError(
                     path, "name is not valid UTF-8; HDF5 cannot record it, choose another --out"
                 ) from None
+            problem = path_problem(path)
+            if problem is not None:
+                raise OutputError(path, f"{problem}; choose another --out")
+        if self.entry == self.folder:
+            raise OutputError(
+                self.entry, "names its own shard folder; --out names the entry file, e.g. data.h5"
+            )
         if self.entry.is_dir():
             raise OutputError(self.entry, "is a folder; --out names the entry file, e.g. data.h5")
+        if self.folder.is_symlink():
+            raise OutputError(
+                self.folder,
+                "is a symbolic link; ipmix writes its shards and lock in a folder of its own: "
+                "remove the link or choose another --out",
+            )
         if self.folder.exists() and not self.folder.is_dir():
             raise OutputError(self.folder, "exists and is not a folder; move it away")
+        self.check_owner()
         parent = nearest_existing(self.entry.parent)
         if not parent.is_dir():
             raise OutputError(self.entry, f"cannot write here ({parent} is not a folder)")
@@ -96,21 +135,165 @@ class AugmentOutput:
         if not os.access(probe, os.W_OK | os.X_OK):
             raise OutputError(self.entry, f"cannot write here ({probe} is not writable)")
 
+    def check_owner(self) -> None:
+        """The shard folder is this entry's alone. It is named after the entry's stem, so
+        ``c.h5``, ``c.hdf5`` and ``c`` all name ``c.shards``: writing (or, with --overwrite,
+        clearing) it for one would change the rows another existing entry reads. Refused even
+        with --overwrite, since that entry is not what --out names."""
+        others = self._entries_sharing_folder()
+        if others:
+            raise OutputError(self.folder, f"belongs to {others[0]}; choose another --out name")
+
+    def _entries_sharing_folder(self) -> list[Path]:
+        """The other ipmix entry files beside this one whose shard folder is this one's."""
+        parent, stem = self.entry.parent, self.entry.stem
+        try:
+            with os.scandir(parent) as items:
+                names = sorted(i.name for i in items if i.name.startswith(stem))
+        except OSError:  # no folder yet (nothing shares it), or unreadable (checked later)
+            return []
+        return [
+            parent / name
+            for name in names
+            if name != self.entry.name
+            and shard_dir(parent / name) == self.folder
+            and _is_entry_file(parent / name)
+        ]
+
     def check_apart_from(self, inputs: Iterable[Path | None]) -> None:
-        """No input is, or lies inside, what this output writes or removes."""
-        mine = [self.entry, self.folder]
+        """Nothing this output writes or removes is an input, holds one or lies inside one;
+        ``inputs`` are every path the job reads, given or implied (None: none).
+
+        An input inside the output (or the output being an input) is refused. Inside an input
+        folder the output may go (the folder's scan skips an ipmix output named ``NAME.h5``, so
+        only such a name), but only where nothing of that folder is yet: an existing file or
+        folder there that is not this output's own is part of the input, and an input is never
+        replaced or removed, even with --overwrite. Paths are compared as reads and writes reach
+        them (links followed)."""
+        mine = [(own, write_target(own)) for own in (self.entry, self.folder)]
         for given in inputs:
             if given is None:
                 continue
-            path = Path(given).absolute().resolve()
-            for own in mine:
-                own = own.resolve()
-                if path == own or own in path.parents:
+            path = Path(given).absolute()
+            read_at, named_at = real_path(path), write_target(path)
+            for _, target in mine:
+                if lies_within(read_at, target) or lies_within(named_at, target):
                     raise OutputError(
                         self.entry,
                         f"the input {given} is part of this output; choose another --out",
                     )
-        # An output inside an input folder is fine: the folder's scan skips it.
+            if not os.path.isdir(read_at):
+                continue
+            for own, target in mine:
+                if lies_within(target, read_at) and os.path.lexists(own) and not self._is_own(own):
+                    raise OutputError(
+                        own,
+                        f"is part of the input {given}; an input is never replaced or removed, "
+                        "even with --overwrite: choose another --out",
+                    )
+            if lies_within(mine[0][1], read_at) and not self.entry.name.endswith(".h5"):
+                raise OutputError(
+                    self.entry,
+                    f"lies inside the input {given}, whose scan leaves out an output only when "
+                    "it is named NAME.h5; choose another --out",
+                )
+
+    def _is_own(self, path: Path) -> bool:
+        """Whether ``path`` (the entry file or the shard folder, existing) is an ipmix output's
+        rather than a file or folder of the user's: an entry file, or a real folder holding
+        nothing but what ipmix writes there."""
+        if path == self.entry:
+            return _is_entry_file(path)
+        return path.is_dir() and not path.is_symlink() and not self.foreign_files()
+
+    def foreign_files(self) -> list[Path]:
+        """What the shard folder holds that no ipmix run writes there: anything but finished
+        shards (numbered subfolders of them included), the lock, the work folder's files and
+        temporaries of atomic writes; a symbolic link, whatever its name. Looks one level into
+        the work and numbered folders only: a foreign folder counts as one entry."""
+        if self.folder.is_symlink() or not self.folder.is_dir():
+            return []
+        found = []
+        for item in _listing(self.folder):
+            path = self.folder / item.name
+            if item.is_dir(follow_symlinks=False) and item.name == WORK_DIR:
+                found += _unexpected(path, lambda name: name in WORK_FILES)
+            elif item.is_dir(follow_symlinks=False) and SUBFOLDER_NAME.match(item.name):
+                found += _unexpected(path, lambda name: bool(SHARD_NAME.match(name)))
+            elif not (item.is_file(follow_symlinks=False) and _ours_at_top(item.name)):
+                found.append(path)
+        return found
+
+    def check_contents(self, overwrite: bool) -> None:
+        """Without --overwrite, the shard folder holds nothing the user put there: a run would
+        otherwise clear it (a failed earlier attempt) or keep it in the output."""
+        if overwrite:
+            return
+        foreign = self.foreign_files()
+        if foreign:
+            shown = ", ".join(str(p.relative_to(self.folder)) for p in foreign[:3])
+            if len(foreign) > 3:
+                shown += f" and {len(foreign) - 3} more"
+            raise OutputError(
+                self.folder,
+                f"holds files ipmix did not write ({shown}); move them away, or pass "
+                "--overwrite to remove them",
+            )
+
+    def check_unlocked(self) -> None:
+        """No other run holds the output's lock (asked without taking it, so a dry run refuses
+        as the real run would, writing nothing). Not for a caller that holds it itself."""
+        owner = lock_holder(self.folder / LOCK_FILE)
+        if owner is not None:
+            raise OutputError(
+                self.entry,
+                f"another ipmix run (pid {owner}) is writing this output; wait for it to "
+                "finish or stop it",
+            )
+
+    def check_state(self, overwrite: bool, resume: bool) -> State:
+        """What is there may be used as asked, as far as that is known before the input is
+        read (a finished or interrupted output needs --resume or --overwrite, a folder with
+        the user's files --overwrite); returns the state. Changes nothing."""
+        self.check_contents(overwrite)
+        state = self.state()
+        if overwrite:
+            return state
+        if state is State.FINISHED and not resume:
+            raise OutputError(self.entry, "output exists; pass --overwrite to replace it")
+        if state is State.UNFINISHED and not resume:
+            raise OutputError(
+                self.entry,
+                f"an interrupted run left {len(self.finished_shards())} finished shards "
+                "here; pass --resume to continue it or --overwrite to start again",
+            )
+        return state
+
+    def check_claim(
+        self, identity: dict[str, Any], job_hash: str, overwrite: bool, resume: bool
+    ) -> State:
+        """Every check :meth:`claim` makes for the job ``identity``, changing nothing, so that
+        ``--dry-run`` refuses what the run would (a resume of another job included); returns
+        the state."""
+        state = self.check_state(overwrite, resume)
+        if overwrite:
+            return state
+        if state is State.FINISHED:
+            manifest = self._finished_manifest()
+            if manifest.job != job_hash:  # the hash decides; the fields only name what differs
+                previous = self._identity_of(manifest)
+                self._same_job(previous, identity, "the finished output", known=True)
+        elif state is State.UNFINISHED:
+            previous = self._recorded_identity()
+            if previous is not None:
+                self._same_job(previous, identity, "the interrupted run")
+            elif self.shard_jobs() - {job_hash}:
+                raise AugmentError(
+                    self.entry,
+                    "cannot resume: the finished shards here were made by another job (other "
+                    "inputs or options); pass --overwrite to start again",
+                )
+        return state
 
     # -- what is there -----------------------------------------------------------------------
     def finished_shards(self) -> list[Path]:
@@ -142,36 +325,13 @@ class AugmentOutput:
     # -- deciding, under the lock ------------------------------------------------------------
     def claim(self, identity: dict[str, Any], job_hash: str, overwrite: bool, resume: bool) -> bool:
         """Make the output ready for the job ``identity``; return whether shards already there
-        may be reused. Refuses (one line) whatever would replace a user's output without
-        ``--overwrite`` or mix shards of two different jobs."""
-        state = self.state()
+        may be reused. Refuses (one line, :meth:`check_claim`) whatever would replace a user's
+        output without ``--overwrite`` or mix shards of two different jobs."""
+        state = self.check_claim(identity, job_hash, overwrite, resume)
         if overwrite:
             self.clear()
             return False
-        if state is State.FINISHED:
-            if not resume:
-                raise OutputError(self.entry, "output exists; pass --overwrite to replace it")
-            manifest = self._finished_manifest()
-            if manifest.job != job_hash:  # the hash decides; the fields only name what differs
-                previous = self._identity_of(manifest)
-                self._same_job(previous, identity, "the finished output", known=True)
-            return True
-        if state is State.UNFINISHED:
-            if not resume:
-                raise OutputError(
-                    self.entry,
-                    f"an interrupted run left {len(self.finished_shards())} finished shards "
-                    "here; pass --resume to continue it or --overwrite to start again",
-                )
-            previous = self._recorded_identity()
-            if previous is not None:
-                self._same_job(previous, identity, "the interrupted run")
-            elif self.shard_jobs() - {job_hash}:
-                raise AugmentError(
-                    self.entry,
-                    "cannot resume: the finished shards here were made by another job (other "
-                    "inputs or options); pass --overwrite to start again",
-                )
+        if state in (State.FINISHED, State.UNFINISHED):
             return True
         if state is State.STALE:
             self.clear()  # an attempt that committed nothing: nothing to keep
@@ -184,7 +344,13 @@ class AugmentOutput:
 
     def discard_attempt(self) -> None:
         """After a failure that committed no shard: leave no trace of this attempt."""
-        if not self.entry.exists() and not self.finished_shards():
+        if self.entry.exists() or self.finished_shards():
+            return
+        try:
+            foreign = self.foreign_files()
+        except OutputError:  # unreadable now: leave it rather than hide the job's own error
+            return
+        if not foreign:  # files someone put there meanwhile keep it all
             remove_tree(self.folder)
 
     # -- the job's steps that depend on where the output lives --------------------------------
@@ -300,3 +466,47 @@ class AugmentOutput:
             with contextlib.suppress(ShardError):
                 jobs.add(str(read_shard_info(path).attrs.get("job")))
         return jobs
+
+
+def _listing(folder: Path) -> list[os.DirEntry[str]]:
+    """The entries of ``folder``; unreadable is one line naming it."""
+    try:
+        with os.scandir(folder) as items:
+            return sorted(items, key=lambda item: item.name)
+    except OSError as error:
+        raise OutputError(folder, f"cannot read ({error.strerror or error})") from None
+
+
+def _unexpected(folder: Path, expected: Callable[[str], bool]) -> list[Path]:
+    """The entries of ``folder`` that are not regular files with an ``expected`` name or a
+    temporary name of ours."""
+    return [
+        folder / item.name
+        for item in _listing(folder)
+        if not (
+            item.is_file(follow_symlinks=False)
+            and (expected(item.name) or is_temporary_name(item.name))
+        )
+    ]
+
+
+def _ours_at_top(name: str) -> bool:
+    """Whether a plain file of this name at the top of a shard folder is one ipmix writes."""
+    return name == LOCK_FILE or bool(SHARD_NAME.match(name)) or is_temporary_name(name)
+
+
+def _is_entry_file(path: Path) -> bool:
+    """Whether ``path`` is an ipmix entry file (HDF5 with ``kind = ipmix-entry``): the one kind
+    of file that owns a shard folder. Anything unreadable is not one."""
+    if not os.path.isfile(path):
+        return False
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as handle:
+            kind = handle.attrs.get("kind")
+    except Exception:  # any file that h5py cannot open is not an entry file
+        return False
+    if isinstance(kind, bytes):
+        kind = kind.decode("utf-8", "replace")
+    return kind == ENTRY_KIND

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ipmix_cli.errors import SourceError
+from ipmix_cli.fs.probe import NAME_TOO_LONG, SYMLINK_LOOP
 
 IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
 
@@ -211,9 +212,9 @@ def path_problem(error: OSError) -> str:
     """What an ``OSError`` of a look-up says of the path, in the words the job's own check of
     the names it is given uses (``ipmix_cli.fs.probe``), so both read alike."""
     if error.errno == errno.ENAMETOOLONG:
-        return "name too long (longer than the file system allows)"
+        return NAME_TOO_LONG
     if error.errno == errno.ELOOP:
-        return "symlink loop (symbolic links that point at each other)"
+        return SYMLINK_LOOP
     return f"cannot look it up ({error.strerror or error})"
 
 

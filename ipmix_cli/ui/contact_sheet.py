@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 
 from ipmix_cli.errors import OutputError
 from ipmix_cli.fs.atomic import atomic_path, write_error
-from ipmix_cli.fs.tree import is_within, landing_path
+from ipmix_cli.fs.probe import lies_within, real_path, write_target
 from ipmix_cli.ui.captions import PADDING, caption_font, fit
 
 BACKGROUND = (32, 32, 32)
@@ -97,7 +97,7 @@ class Protected:
 
 def check_sheet_path(path: Path, overwrite: bool, protected: Sequence[Protected] = ()) -> Path:
     """Refuse, in one line and before any work, a sheet ``path`` that cannot or must not be
-    written; return where the write will land (:func:`~ipmix_cli.fs.tree.landing_path`).
+    written; return where the write will land (:func:`~ipmix_cli.fs.probe.write_target`).
 
     Checked: the extension (any other one would get PNG bytes under a misleading name); that
     it is not, and is not inside, one of ``protected`` (``--overwrite`` does not lift this: it
@@ -107,10 +107,11 @@ def check_sheet_path(path: Path, overwrite: bool, protected: Sequence[Protected]
     """
     if Path(path).suffix.lower() not in SHEET_SUFFIXES:
         raise OutputError(path, "a sheet's name must end in .png (PNG) or .jpg / .jpeg (JPEG)")
-    final = landing_path(path)
+    final = write_target(path)
     for place in protected:
         same = os.path.exists(final) and os.path.exists(place.path)
-        if is_within(final, place.path) or (same and os.path.samefile(final, place.path)):
+        inside = lies_within(final, real_path(place.path))
+        if inside or (same and os.path.samefile(final, place.path)):
             raise OutputError(path, f"is {place.what}; write the sheet elsewhere")
     folder = final.parent
     if not folder.is_dir():
