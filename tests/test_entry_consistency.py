@@ -213,3 +213,42 @@ def test_write_entry_refuses_copies_that_do_not_fit_its_rows(entry: Path) -> Non
     assert not again.exists()
     write_entry(again, infos, {"copies": COPIES, "num_sources": SOURCES})
     assert len(ShardReader(again)) == ROWS
+
+
+def test_a_shard_copied_over_another_is_refused_when_read(entry: Path) -> None:
+    """Shards of one output are the same size, so the open-time size check passes a shard
+    copied over another; its own index and checksum attributes tell: reading its rows is a
+    ShardError naming it (the torch reader's too), the other shards still read."""
+    shards = sorted(entry.with_suffix(".shards").glob("shard-*.h5"))
+    expected = ShardReader(entry).read_batch(np.arange(ROWS))
+    assert shards[3].stat().st_size == shards[2].stat().st_size
+    shutil.copy(shards[3], shards[2])
+    reader = ShardReader(entry)
+    np.testing.assert_array_equal(reader.read_batch(np.arange(8))[0], expected[0][:8])
+    with pytest.raises(ShardError, match="shard-00002.h5.*records shard 2"):
+        reader.read_batch(np.arange(ROWS))
+    torch = pytest.importorskip("torch")
+    from ipmix_cli.readers.torch import ShardDataset
+
+    with pytest.raises(ShardError, match="shard-00002.h5"):
+        list(torch.utils.data.DataLoader(ShardDataset(entry), batch_size=None))
+
+
+def test_a_shard_from_another_output_is_refused_when_read(
+    entry: Path, bank: Path, tmp_path: Path
+) -> None:
+    """Shard 2 of another run of the same shape (another seed): the index matches, the
+    checksum does not."""
+    other = tmp_path / "other" / "out.h5"
+    done = ipmix(
+        "augment", "--input", small_npz(tmp_path / "in.npz", count=SOURCES), "--mixing-set",
+        bank, "--out", other, "--jobs", "1", "--copies", COPIES, "--shard-size", SHARD_SIZE,
+        "--seed", "5", "--quiet",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    name = "shard-00002.h5"
+    mine, theirs = entry.with_suffix(".shards") / name, other.with_suffix(".shards") / name
+    assert mine.stat().st_size == theirs.stat().st_size
+    shutil.copy(theirs, mine)
+    with pytest.raises(ShardError, match="shard-00002.h5: shard was replaced"):
+        ShardReader(entry).read_batch(np.arange(ROWS))

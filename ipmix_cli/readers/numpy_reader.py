@@ -268,12 +268,18 @@ class ShardReader:
             self.views,
             self._index_names,
             self.direct,
+            recorded=self._recorded(index),
         )
         with self._lock:
             self._meta[index] = meta
             while len(self._meta) > _META_CACHE:
                 self._meta.popitem(last=False)
         return meta
+
+    def _recorded(self, index: int) -> tuple[int, str]:
+        """The entry's record of shard ``index`` that its own attributes must match."""
+        record = self.manifest.shards[index]
+        return record.index, record.checksum
 
     def _cached_meta(self, index: int, path: Path) -> ShardMeta:
         """The metadata of the cached copy ``path`` of remote shard ``index``: parsed afresh
@@ -288,6 +294,7 @@ class ShardReader:
                 self._index_names,
                 self.direct,
                 cached_copy=True,
+                recorded=self._recorded(index),
             )
         with self._lock:
             self._meta[index] = meta

@@ -35,6 +35,7 @@ import h5py
 import numpy as np
 
 from ipmix_cli.errors import ShardError, one_line
+from ipmix_cli.shards.attrs import decode_attr
 from ipmix_cli.shards.codec import dataset_codec, dataset_image_shape, decode_into
 
 FEW_ROWS = 4  # rows of an unopened shard read with pread when every map slot is taken
@@ -94,12 +95,15 @@ class ShardMeta:
         index_names: Sequence[str],
         direct: bool,
         cached_copy: bool = False,
+        recorded: tuple[int, str] | None = None,
     ) -> None:
         self.path, self.count = path, count
         self.cached_copy = cached_copy  # a shard cache's copy of a remote shard
         self.layout: dict[str, list[tuple[int, int, int]]] | None = None
         with _open_h5(path) as f:
             self.identity = _identity(os.stat(path), cached_copy)
+            if recorded is not None:
+                _check_recorded(path, f, *recorded)
             for name in (*image_names, *index_names):
                 if name not in f or f[name].shape[0] != count:
                     have = f[name].shape[0] if name in f else "no"
@@ -159,6 +163,23 @@ class ShardMeta:
             return True
         finally:
             shard.close()
+
+
+def _check_recorded(path: str, f: h5py.File, index: int, checksum: str) -> None:
+    """Refuse a shard whose own attributes are not the entry's record of shard ``index``.
+
+    Opening an output compares each shard's size only (one ``stat`` each), and shards of one
+    output are often the same size: one copied over another read as the wrong rows, silently.
+    The shard's index and checksum attributes, read here once per process as the file is
+    parsed anyway, tell (re-hashing the data is ``ipmix verify``'s job)."""
+    own = f.attrs.get("shard_index")
+    if own is not None and int(decode_attr(own)) != index:
+        raise ShardError(
+            path, f"holds shard {int(decode_attr(own))}, but the entry records shard {index} here"
+        )
+    own_checksum = f.attrs.get("checksum")
+    if own_checksum is not None and decode_attr(own_checksum) != checksum:
+        raise ShardError(path, "shard was replaced: its checksum differs from the entry's record")
 
 
 def _identity(st: os.stat_result, cached_copy: bool = False) -> tuple[int, int, int, int]:
