@@ -15,6 +15,7 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from hostile import ipmix, one_line_failure
 from interrupts import interrupt_after_shards
 from PIL import Image
 
@@ -410,6 +411,20 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     code, output = run_cli("demo", "--out", str(out))
     assert code == 1 and "--overwrite" in output
     shutil.rmtree(out)
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [("afile", "exists and is not a folder"), ("afile/sub", "cannot create the folder")],
+)
+def test_demo_out_that_cannot_be_a_folder_is_one_line(tmp_path: Path, out, message) -> None:
+    """``--out`` naming a file, or a folder under a file: one line naming it, nothing made
+    (both were a NotADirectoryError traceback)."""
+    (tmp_path / "afile").write_text("keep")
+    result = ipmix("demo", "--out", tmp_path / out, "--quiet")
+    one_line_failure(result, str(tmp_path / out), message)
+    assert (tmp_path / "afile").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from ipmix_cli.commands import RunOptions
 from ipmix_cli.commands.augment import augment_dataset
 from ipmix_cli.commands.output import preview_target, verify_output
 from ipmix_cli.errors import OutputError
+from ipmix_cli.fs.probe import path_problem
 from ipmix_cli.jobs.augment_spec import AugmentSpec
 from ipmix_cli.jobs.bank_job import BankSpec, generate_bank
 from ipmix_cli.ui.contact_sheet import save_png_atomic
@@ -56,9 +58,17 @@ def run_demo(out: Path, jobs: int, overwrite: bool, quiet: bool = False) -> None
     """``ipmix demo``: bank -> augment -> verify -> preview on a data set made in code.
     ``quiet``: no steps, bars or summaries; errors still end the run with one line."""
     kernel_caches.refresh()
+    problem = path_problem(out)
+    if problem is not None:
+        raise OutputError(out, problem)
+    if os.path.lexists(out) and not out.is_dir():
+        raise OutputError(out, "exists and is not a folder; name a folder for the demo")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise OutputError(out, "folder is not empty; pass --overwrite to replace the demo")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(out, f"cannot create the folder ({error.strerror or error})") from None
     bank, dataset, entry = out / "bank", out / "dataset", out / "augmented.h5"
     bank_preview, augmented_preview = out / "bank-preview.png", out / "augmented-preview.png"
 
