@@ -133,6 +133,25 @@ def test_loader_state_round_trip_in_process(four_copies: Path) -> None:
         ds.loader(4, seed=2).load_state_dict(state)
 
 
+def test_loader_state_of_another_output_is_refused(four_copies: Path, tmp_path: Path) -> None:
+    """Another run of the same input and shape (another seed): a state saved on one would
+    replay other rows on the other, so it is refused; the same output made again (same seed)
+    holds the same rows and takes it."""
+    _torch()
+    from ipmix_cli.readers.torch import ShardDataset
+
+    loader = ShardDataset(four_copies).loader(4, seed=1)
+    next(iter(loader))
+    state = loader.state_dict()
+    other = build_output(tmp_path, "other", copies=COPIES4, seed=5)
+    with pytest.raises(ValueError, match="output"):
+        ShardDataset(other).loader(4, seed=1).load_state_dict(state)
+    again = build_output(tmp_path, "again", copies=COPIES4, seed=4)
+    resumed = ShardDataset(again).loader(4, seed=1)
+    resumed.load_state_dict(state)
+    assert resumed.state_dict() == state
+
+
 def _reference(entry: Path, framework: str, rank: int) -> np.ndarray:
     """Rows of rank ``rank``'s uninterrupted epoch, from the plan written out independently:
     permutation seeded (seed, epoch) of copy ``epoch % copies``, padded, then rank blocks."""

@@ -36,6 +36,7 @@ It reads an ``ipmix augment`` output (``docs/format.md``) for training. Design c
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from collections import OrderedDict
@@ -589,6 +590,14 @@ class ShardReader:
                     self.prefetch_epoch(plan, passes.get(1), passes.get(2), force=True)
         opened = self._open
         self._remote.reading(shards, [k for k in shards if k not in opened])
+
+    @property
+    def data_identity(self) -> str:
+        """A short digest of what the output holds (its shards' data checksums, in order): a
+        saved training position is only valid for these rows. An output made again with the
+        same seed and options has the same identity, another seed or input another."""
+        digest = hashlib.sha256("\n".join(s.checksum for s in self.manifest.shards).encode())
+        return digest.hexdigest()[:16]
 
     # -- epochs ----------------------------------------------------------------------------------
 

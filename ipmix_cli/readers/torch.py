@@ -499,8 +499,13 @@ class ShardSampler(Sampler[int]):
         return self.plan.rows_per_epoch()
 
     def identity(self) -> dict[str, Any]:
-        """What a saved position is only valid for: the output's shape and the plan."""
-        return {**self.plan.__getstate__(), "drop_last": self.drop_last}
+        """What a saved position is only valid for: the output (its data, not only its shape:
+        two runs of one input with other seeds have the same shape) and the plan."""
+        return {
+            **self.plan.__getstate__(),
+            "drop_last": self.drop_last,
+            "output": self.reader.data_identity,
+        }
 
     def state_dict(self) -> dict[str, Any]:
         """``{"epoch", "start"}`` of the pass in progress (else of the next pass)."""
