@@ -303,3 +303,14 @@ def test_the_docs_python_example_runs_on_mixed_sizes(
     assert isinstance(config, IPMixConfig)
     many = namespace["many"]
     assert isinstance(many, np.ndarray) and many.shape[1:] == (*config.size, 3)
+
+
+@pytest.mark.parametrize("size", [100, (100, 120), (120, 100)])
+def test_a_resize_side_below_the_crop_is_refused(size) -> None:
+    """Shrinking below the output's shorter side would pad every image with black (70 % of an
+    export's pixels were zeros, exit 0): refused, naming both numbers; the shorter side itself
+    is fine."""
+    shorter = min(size) if isinstance(size, tuple) else size
+    with pytest.raises(ConfigError, match=f"resize_side {shorter - 1} .* shorter side {shorter}"):
+        IPMixConfig.preset("cifar", size=size, resize_side=shorter - 1)
+    assert IPMixConfig.preset("cifar", size=size, resize_side=shorter).resize_side == shorter

@@ -130,7 +130,16 @@ class IPMixConfig:
             )
         self._set("resize", _as_choice("resize", self.resize, RESIZE_POLICIES))
         if self.resize_side is not None:
-            self._set("resize_side", _as_int("resize_side", self.resize_side, low=1, high=1 << 15))
+            side = _as_int("resize_side", self.resize_side, low=1, high=1 << 15)
+            if side < min(self.size):
+                # every image would be shrunk below the crop and padded with black: never
+                # what a user meant (torchvision's Resize + CenterCrop would do it silently)
+                raise ConfigError(
+                    f"resize_side {side} is smaller than the output's shorter side "
+                    f"{min(self.size)}: the centre crop would pad every image with black; "
+                    f"use at least {min(self.size)}"
+                )
+            self._set("resize_side", side)
 
     # ------------------------------------------------------------------------------- helpers
     @property
