@@ -314,3 +314,41 @@ def test_a_resize_side_below_the_crop_is_refused(size) -> None:
     with pytest.raises(ConfigError, match=f"resize_side {shorter - 1} .* shorter side {shorter}"):
         IPMixConfig.preset("cifar", size=size, resize_side=shorter - 1)
     assert IPMixConfig.preset("cifar", size=size, resize_side=shorter).resize_side == shorter
+
+
+@pytest.mark.parametrize("codec", ["jpeg", "png"])
+def test_a_coded_export_is_an_input(tmp_path: Path, codec: str) -> None:
+    """An ``export --codec jpeg|png`` output (rows encoded in its shards, no image datasets in
+    its entry) as augment's --input: the same rows as augmenting the decoded arrays, which
+    ShardReader gives (formerly refused: 'HDF5 file needs datasets images')."""
+    from click.testing import CliRunner
+
+    from ipmix_cli.cli import main
+    from ipmix_cli.readers import ShardReader
+
+    rng = np.random.default_rng(3)
+    data = tmp_path / "in.npz"
+    np.savez(data, images=rng.integers(0, 256, (30, 40, 36, 3), dtype=np.uint8),
+             labels=np.arange(30) % 3)  # fmt: skip
+    bank = tmp_path / "bank"
+    bank.mkdir()
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(bank / f"{i}.png")
+
+    def cli(*args: object) -> None:
+        result = CliRunner().invoke(main, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+
+    exported = tmp_path / "val.h5"
+    cli("export", "--input", data, "--out", exported, "--size", "32", "--codec", codec,
+        "--shard-size", "8", "--quiet")  # fmt: skip
+    decoded = ShardReader(exported).read(np.arange(30))
+    plain = tmp_path / "plain.npz"
+    np.savez(plain, images=decoded["images"], labels=decoded["labels"])
+    common = ["--mixing-set", bank, "--preset", "cifar", "--jobs", "1", "--copies", "2", "--quiet"]
+    cli("augment", "--input", exported, "--out", tmp_path / "a.h5", *common)
+    cli("augment", "--input", plain, "--out", tmp_path / "b.h5", *common)
+    a = ShardReader(tmp_path / "a.h5").read(np.arange(60))
+    b = ShardReader(tmp_path / "b.h5").read(np.arange(60))
+    np.testing.assert_array_equal(a["images"], b["images"])
+    np.testing.assert_array_equal(a["labels"], b["labels"])

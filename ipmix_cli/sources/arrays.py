@@ -472,6 +472,7 @@ class Hdf5Source(ArraySource):
     """HDF5 files with ``images``/``labels`` (our own output entry files included)."""
 
     format = "hdf5"
+    coded = False  # an ipmix output whose images are JPEG / PNG in its shards
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
@@ -492,7 +493,10 @@ class Hdf5Source(ArraySource):
             with h5py.File(path, "r") as f:
                 ours = f.attrs.get("kind") == shards.ENTRY_KIND
                 # an ipmix output: no silently zero-filled missing shards, and its class names
-                recorded = list(shards.check_output(path).class_names) if ours else None
+                manifest = shards.check_output(path) if ours else None
+                recorded = list(manifest.class_names) if manifest is not None else None
+                if manifest is not None and manifest.codec != "raw":
+                    return self._coded_meta(path, f, manifest)
                 keys = set(f.keys())
                 image_key = next((k for k in ("images", "x") if k in keys), None)
                 label_key = next((k for k in ("labels", "y") if k in keys), None)
@@ -524,6 +528,34 @@ class Hdf5Source(ArraySource):
             raise SourceError(path, f"not a readable HDF5 file ({one_line(error)})") from None
         return names
 
+    def read(self, i: int) -> np.ndarray:
+        if self.coded:
+            return self.read_batch([i])[0]
+        return super().read(i)
+
+    def _coded_meta(self, path: Path, f: Any, manifest: Any) -> list[str]:
+        """An ipmix output stored as JPEG or PNG (``--codec``): its entry has no image
+        datasets, the rows are encoded in the shards, and :class:`ShardReader` decodes them
+        (the first view of a JSD output, as ``images`` is for a raw one). An ``export`` to
+        JPEG then feeds ``augment`` without a folder of files in between."""
+        self.coded = True
+        self._set_images("images", (manifest.count, *manifest.image_shape), np.dtype(np.uint8))
+        self.label_key = "labels"
+        self.labels = check_labels(path, f["labels"][()], self._shape[0], "labels")
+        return list(manifest.class_names)
+
+    def _coded_reader(self) -> Any:
+        """This process's :class:`ShardReader` over a coded output (made after a fork)."""
+        reader = self.__dict__.get("_cache_reader")
+        if reader is None or self.__dict__.get("_cache_reader_pid") != os.getpid():
+            from ipmix_cli.readers import ShardReader
+
+            with LAZY_LOAD:
+                reader = ShardReader(self.path, views=("images",), decode_threads=1)
+                self._cache_reader = reader
+                self._cache_reader_pid = os.getpid()
+        return reader
+
     def _array(self) -> Any:
         handle = self.__dict__.get("_cache_h5")
         if handle is not None and self.__dict__.get("_cache_pid") != os.getpid():
@@ -542,6 +574,8 @@ class Hdf5Source(ArraySource):
 
     def _take(self, idx: np.ndarray) -> np.ndarray:
         """h5py wants increasing unique indices: read those (a slice if contiguous), reorder."""
+        if self.coded:
+            return self._coded_reader().read(idx)["images"]
         dset = self._array()
         uniq, inverse = np.unique(idx, return_inverse=True)
         if uniq[-1] - uniq[0] + 1 == len(uniq):
