@@ -1,5 +1,5 @@
 """``python -m ipmix_cli`` runs the CLI (used by tests that need a real child process)."""
 
-from ipmix_cli.cli import main
+from ipmix_cli.cli import run
 
-main()
+run()

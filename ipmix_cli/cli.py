@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -57,6 +58,11 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as error:
             if _is_fractal_error(error):
                 raise click.ClickException(one_line(error)) from None
+            if _worker_died(error):
+                raise click.ClickException(
+                    "a worker process died (killed by a signal, or by the system for lack of "
+                    "memory); finished work is kept: rerun with --resume to continue"
+                ) from None
             raise
         except KeyboardInterrupt:
             # The newline ends a progress bar's line; with --quiet there is none.
@@ -68,6 +74,28 @@ def friendly_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(130)
 
     return wrapper
+
+
+def run() -> None:
+    """The ``ipmix`` command: :func:`main`, and once a Ctrl-C has been reported (exit 130) an
+    immediate exit. The hint is printed and every finished file is in place by then; the
+    interpreter's own shutdown would only free objects, and a second Ctrl-C that landed inside
+    h5py while it held its lock left that shutdown waiting on the lock forever."""
+    try:
+        main()
+    except SystemExit as stop:
+        if stop.code == 130:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
+        raise
+
+
+def _worker_died(error: BaseException) -> bool:
+    """joblib/loky's TerminatedWorkerError (a worker killed, e.g. by the OOM killer), known by
+    name: importing joblib here would load it for every command."""
+    kind = type(error)
+    return kind.__name__ == "TerminatedWorkerError" and kind.__module__.startswith("joblib")
 
 
 def _is_fractal_error(error: Exception) -> bool:

@@ -149,3 +149,34 @@ def _cmdline(pid: int) -> str:
         return (Path("/proc") / str(pid) / "cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+def test_a_killed_worker_is_one_line_and_resume_completes(tmp_path: Path) -> None:
+    """A loky worker killed mid-run (the OOM killer's SIGKILL): the command ends in one line
+    saying so, exit 1, no traceback (was loky's 56-line TerminatedWorkerError); --resume then
+    finishes with the bytes of an uninterrupted run."""
+    data = small_npz(tmp_path / "d.npz", count=6000)
+    args = ["augment", "--input", data, "--mixing-set", mixing_folder(tmp_path / "mix"),
+            "--shard-size", "64", "--jobs", "2", "--backend", "loky", "--quiet"]  # fmt: skip
+    out = tmp_path / "out.h5"
+    shards = out.with_suffix(".shards")
+    command = [sys.executable, "-m", "ipmix_cli", *map(str, args), "--out", str(out)]
+    parent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    workers: list[int] = []
+    while time.monotonic() < deadline and parent.poll() is None:
+        workers = [c for c in _children(parent.pid) if "loky" in _cmdline(c)]
+        workers = [c for c in workers if "resource_tracker" not in _cmdline(c)]
+        if workers and _finals(shards, "shard-*.h5"):
+            break
+        time.sleep(0.05)
+    assert parent.poll() is None and workers, "the run ended before a worker could be killed"
+    os.kill(workers[0], signal.SIGKILL)
+    _, stderr = parent.communicate(timeout=120)
+    one_line_failure(subprocess.CompletedProcess([], parent.returncode, "", stderr),
+                     "a worker process died", "--resume")  # fmt: skip
+    resumed = ipmix(*args, "--out", out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    reference = tmp_path / "reference" / "out.h5"
+    assert ipmix(*args, "--out", reference).returncode == 0
+    assert digest_tree(shards) == digest_tree(reference.with_suffix(".shards"))
