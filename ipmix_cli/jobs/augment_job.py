@@ -41,6 +41,7 @@ from ipmix_cli.jobs.augment_output import MIXING_FILE, SOURCE_FILE, AugmentOutpu
 from ipmix_cli.jobs.augment_spec import AugmentSpec, AugmentSummary
 from ipmix_cli.jobs.augment_tasks import ShardTask, commit_all, compute_shards, handed_mixing
 from ipmix_cli.jobs.estimate import estimate_output
+from ipmix_cli.jobs.input_watch import InputWatch
 from ipmix_cli.jobs.mixing_prep import PreparedMixing, prepare_mixing
 from ipmix_cli.jobs.parallel import run_unordered
 from ipmix_cli.jobs.remote_bank import fetch_bank
@@ -476,6 +477,7 @@ def _run(
     reused_rows = sum(info.count for info in infos.values())
     if on_start:
         on_start(plan.rows, reused_rows)
+    watch = InputWatch(source)  # every input file's status, compared before the entry
     results = run_unordered(compute_shards, tasks, jobs=jobs, backend=backend)
     # Tasks that run one after another in this process leave their shards' writes to the
     # commit thread, which then writes while the next task computes (fs.atomic.deferred_writes).
@@ -496,6 +498,7 @@ def _run(
     # A worker killed mid-write (its task then reran elsewhere) leaves its temporary file; every
     # task has finished now, so nothing is writing here any more.
     _remove_temporaries(folder)
+    watch.check()
 
     about = {
         "environment": byte_versions(),

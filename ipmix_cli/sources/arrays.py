@@ -28,6 +28,7 @@ from ipmix_cli.sources.base import (
     class_names_for,
     path_exists,
 )
+from ipmix_cli.sources.file_array import FileArray
 
 
 def check_images(path: Path, key: str, shape: tuple[int, ...], dtype: np.dtype) -> None:
@@ -160,10 +161,11 @@ def _npz_member_header(path: Path, key: str) -> tuple[tuple[int, ...], np.dtype]
         return None
 
 
-def _npz_member_memmap(path: Path, key: str) -> np.ndarray | None:
-    """Memory-map ``key`` of an uncompressed .npz in place (None if it is compressed or
-    unusual): ``np.savez`` stores members verbatim, so a worker maps the pages it reads instead
-    of loading the whole array (150 MB for CIFAR-10) into every process before its first shard."""
+def _npz_member_in_place(path: Path, key: str) -> np.ndarray | None:
+    """``key`` of an uncompressed .npz, read in place on demand (a :class:`FileArray`; None if
+    it is compressed or unusual): ``np.savez`` stores members verbatim, so a worker reads the
+    rows it needs instead of loading the whole array (150 MB for CIFAR-10) into every process
+    before its first shard."""
     try:
         with zipfile.ZipFile(path) as zf:
             info = zf.getinfo(key + ".npy")
@@ -188,7 +190,7 @@ def _npz_member_memmap(path: Path, key: str) -> np.ndarray | None:
             return None
         if count == 0:
             return np.zeros(shape, dtype=dtype)
-        return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=tuple(shape))
+        return FileArray(path, offset, tuple(shape), dtype)  # type: ignore[return-value]
     except (KeyError, ValueError, OSError, zipfile.BadZipFile):
         return None
 
@@ -235,7 +237,7 @@ class NpzSource(ArraySource):
             with LAZY_LOAD:
                 arr = self.__dict__.get("_cache_images")
                 if arr is None:
-                    arr = _npz_member_memmap(self.path, self.image_key)
+                    arr = _npz_member_in_place(self.path, self.image_key)
                     if arr is None:  # compressed (np.savez_compressed): decompress it once
                         with np.load(self.path, allow_pickle=False) as npz:
                             arr = npz[self.image_key]
@@ -318,11 +320,18 @@ def _read_names(path: Path) -> list[str]:
 
 
 def _load_npy(path: Path, *, mmap: bool) -> np.ndarray:
+    """The array of an .npy file; ``mmap``: read on demand (:class:`FileArray`: a C-order
+    array; np.load's own memory map otherwise), not loaded whole."""
     check_content(path, "npy")  # np.load would open an .npz (or a pickle) as well
     try:
-        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (OSError, ValueError) as error:
         raise SourceError(path, f"not a readable .npy file ({one_line(error)})") from None
+    if mmap and isinstance(array, np.memmap) and array.ndim and array.flags.c_contiguous:
+        on_demand = FileArray(path, array.offset, array.shape, array.dtype)
+        del array  # unmapped: a truncated file must not be mapped here
+        return on_demand  # type: ignore[return-value]
+    return array
 
 
 def _h5_strings(value: Any, path: Path) -> list[str]:
