@@ -24,6 +24,16 @@ NAME_TOO_LONG = "name too long (longer than the file system allows)"
 SYMLINK_LOOP = "symlink loop (symbolic links that point at each other)"
 
 
+_UNUSABLE = {errno.ENAMETOOLONG: NAME_TOO_LONG, errno.ELOOP: SYMLINK_LOOP}
+
+
+def lookup_problem(error: OSError) -> str:
+    """A failed look-up of a path, as one phrase: the two that make it unusable whatever is
+    done with it (:func:`path_problem`) in these words wherever they are told, else the
+    system's own."""
+    return _UNUSABLE.get(error.errno or 0) or f"cannot look it up ({error.strerror or error})"
+
+
 def path_problem(path: str | os.PathLike[str]) -> str | None:
     """What makes ``path`` unusable whatever is done with it: a name too long or a symbolic
     link loop on the way to it, as one phrase; ``None`` otherwise (a path that does not exist
@@ -32,10 +42,8 @@ def path_problem(path: str | os.PathLike[str]) -> str | None:
         try:
             look(path)
         except OSError as error:
-            if error.errno == errno.ENAMETOOLONG:
-                return NAME_TOO_LONG
-            if error.errno == errno.ELOOP:
-                return SYMLINK_LOOP
+            if error.errno in _UNUSABLE:
+                return lookup_problem(error)
         except ValueError:  # an embedded NUL: no file system accepts it
             return "not a valid path (it holds a NUL character)"
     return NAME_TOO_LONG if _too_long_to_create(path) else None

@@ -188,8 +188,7 @@ def preflight(
     rerun inside the job), which is then not probed."""
     check_run_flags(spec, overwrite, resume)
     spec.validate()
-    local_mixing = None if spec.clean or isinstance(spec.mixing_set, ObjectURL) else spec.mixing_set
-    check_input_names([spec.input, local_mixing, spec.labels_path, spec.classes])
+    check_input_names(_given_inputs(spec))
     output = output_for(spec.out)
     with _naming_out(output, spec.out):
         output.check_names()
@@ -225,6 +224,16 @@ def check_run_flags(spec: AugmentSpec, overwrite: bool, resume: bool) -> None:
         raise AugmentError(f"{spec.out}: choose one of --overwrite and --resume")
 
 
+def _local_mixing(spec: AugmentSpec) -> Path | None:
+    """The mixing set when it is read from this machine (none for --clean or a bucket's)."""
+    return None if spec.clean or isinstance(spec.mixing_set, ObjectURL) else spec.mixing_set
+
+
+def _given_inputs(spec: AugmentSpec) -> list[Path | None]:
+    """The local input paths given on the command line (None where an option is not)."""
+    return [spec.input, _local_mixing(spec), spec.labels_path, spec.classes]
+
+
 def check_input_names(paths: Iterable[Path | None]) -> None:
     """Each input path given can be looked at: a name too long or a symbolic link loop is one
     line naming it here, before any code that would meet it as a traceback (``pathlib``
@@ -243,9 +252,8 @@ def input_paths(spec: AugmentSpec) -> list[Path]:
     source reads beside its file: ``X_labels.npy`` (unless ``--labels``) and
     ``X_class_names.txt`` of an ``.npy`` input, an HDF5 input's shard folder (an ipmix output
     read as input reads its shards), and a mixing folder's HDF5 bank with its shard folder."""
-    local_mixing = None if spec.clean or isinstance(spec.mixing_set, ObjectURL) else spec.mixing_set
-    given = [spec.input, local_mixing, spec.labels_path, spec.classes]
-    paths = [Path(path).absolute() for path in given if path is not None]
+    paths = [Path(path).absolute() for path in _given_inputs(spec) if path is not None]
+    local_mixing = _local_mixing(spec)
     implied = []
     source = Path(spec.input).absolute()
     if os.path.isfile(source):

@@ -47,6 +47,7 @@ from ipmix_cli.shards import (
     shard_is_valid,
     write_entry,
 )
+from ipmix_cli.shards.attrs import decode_attr
 from ipmix_cli.shards.layout import (
     ENTRY_KIND,
     LOCK_FILE,
@@ -504,9 +505,7 @@ def _is_entry_file(path: Path) -> bool:
         import h5py
 
         with h5py.File(path, "r") as handle:
-            kind = handle.attrs.get("kind")
-    except Exception:  # any file that h5py cannot open is not an entry file
+            kind = decode_attr(handle.attrs.get("kind"))
+    except Exception:  # any file that h5py cannot open (or whose kind is not text) is not one
         return False
-    if isinstance(kind, bytes):
-        kind = kind.decode("utf-8", "replace")
     return kind == ENTRY_KIND

@@ -18,6 +18,7 @@ import numpy as np
 
 from ipmix_cli.errors import IpmixError, SourceError, one_line
 from ipmix_cli.fs.digest_cache import sha256_file
+from ipmix_cli.fs.probe import lookup_problem
 from ipmix_cli.fs.regular import path_kind
 from ipmix_cli.sources.base import (
     ABANDONED_HANDLES,
@@ -297,7 +298,7 @@ def _sibling_is_file(path: Path) -> bool:
     except OSError as error:
         if error.errno == errno.ENAMETOOLONG:
             return False
-        raise SourceError(path, f"cannot look it up ({error.strerror or error})") from None
+        raise SourceError(path, lookup_problem(error)) from None
 
 
 def _read_names(path: Path) -> list[str]:

@@ -8,7 +8,6 @@ read. An HDF5 handle inherited through ``fork`` is never reused (the owning pid 
 
 from __future__ import annotations
 
-import errno
 import os
 import threading
 from collections.abc import Iterable, Sequence
@@ -18,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ipmix_cli.errors import SourceError
-from ipmix_cli.fs.probe import NAME_TOO_LONG, SYMLINK_LOOP
+from ipmix_cli.fs.probe import lookup_problem
 
 IGNORED_NAMES = {"thumbs.db", "desktop.ini"}
 
@@ -204,18 +203,8 @@ def path_exists(path: Path) -> bool:
     except (FileNotFoundError, NotADirectoryError):
         return False
     except OSError as error:
-        raise SourceError(path, path_problem(error)) from None
+        raise SourceError(path, lookup_problem(error)) from None
     return True
-
-
-def path_problem(error: OSError) -> str:
-    """What an ``OSError`` of a look-up says of the path, in the words the job's own check of
-    the names it is given uses (``ipmix_cli.fs.probe``), so both read alike."""
-    if error.errno == errno.ENAMETOOLONG:
-        return NAME_TOO_LONG
-    if error.errno == errno.ELOOP:
-        return SYMLINK_LOOP
-    return f"cannot look it up ({error.strerror or error})"
 
 
 def check_labels(path: Path, labels: Any, n: int, key: str = "labels") -> np.ndarray:
