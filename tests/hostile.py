@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 
@@ -83,6 +84,12 @@ def image_folder(root: Path, sizes: list[tuple[int, int]], classes: int = 2) -> 
     return root
 
 
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0, reason="a full disk is a small tmpfs mounted for the test, which needs root"
+)
+"""For the full-disk tests: mounting :func:`small_tmpfs` needs root."""
+
+
 @contextmanager
 def small_tmpfs(mount: Path, size: str) -> Iterator[Path]:
     """A real tmpfs of ``size`` (``"1m"``, ``"3m"``) at ``mount`` for a full-disk test (needs
@@ -93,3 +100,15 @@ def small_tmpfs(mount: Path, size: str) -> Iterator[Path]:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(mount: Path) -> None:
+    """Leave (almost) no free byte on ``mount`` (one file, ``fill``, takes it all)."""
+    fd = os.open(mount / "fill", os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:
+        pass  # ENOSPC: full
+    finally:
+        os.close(fd)

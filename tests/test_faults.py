@@ -17,14 +17,11 @@ from hostile import (
     digest_tree,
     ipmix,
     mixing_folder,
+    needs_root,
     one_line_failure,
     output_digest,
     small_npz,
     small_tmpfs,
-)
-
-needs_root = pytest.mark.skipif(
-    os.geteuid() != 0, reason="a full disk is a small tmpfs mounted for the test, which needs root"
 )
 
 

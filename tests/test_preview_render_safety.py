@@ -7,7 +7,6 @@ bank that cannot fit is refused before it starts. Real CLI, real files, a real f
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,17 +14,13 @@ from pathlib import Path
 import h5py
 import pytest
 from click.testing import CliRunner, Result
-from hostile import digest_tree, small_npz, small_tmpfs
+from hostile import digest_tree, fill, needs_root, small_npz, small_tmpfs
 from PIL import Image
 
 from ipmix_cli.cli import main
 from ipmix_cli.commands.output import _augment_sheet
 
 SMALL = ["--count", "12", "--size", "32", "--points", "2000", "--jobs", "1", "--quiet"]
-
-needs_root = pytest.mark.skipif(
-    os.geteuid() != 0, reason="a full disk is a small tmpfs mounted for the test, which needs root"
-)
 
 
 def cli(*args: object) -> Result:
@@ -239,18 +234,6 @@ def tiny(tmp_path: Path) -> Iterator[Path]:
     """A real 1 MiB tmpfs."""
     with small_tmpfs(tmp_path / "tiny", "1m") as mount:
         yield mount
-
-
-def fill(mount: Path) -> None:
-    """Leave (almost) no free byte on ``mount``."""
-    fd = os.open(mount / "fill", os.O_WRONLY | os.O_CREAT)
-    try:
-        while os.write(fd, b"\0" * 4096):
-            pass
-    except OSError:
-        pass  # ENOSPC: full
-    finally:
-        os.close(fd)
 
 
 @needs_root

@@ -7,17 +7,15 @@ seeing the scan report it; any change to the file must make the scan check it ag
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import struct
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from hostile import image_folder, mixing_folder
+from hostile import fill, image_folder, mixing_folder, needs_root, small_tmpfs
 
 import ipmix_cli.sources.folder as folder_module
 from ipmix_cli.cli import main
@@ -211,7 +209,7 @@ def test_a_cache_file_out_of_order_is_not_trusted(tmp_path: Path, cache: Path) -
     assert len(scan_cache.load_records(str(root))) == 0
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="a full disk is a small tmpfs, which needs root")
+@needs_root
 def test_a_full_cache_disk_costs_nothing_but_the_saving(
     tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -219,21 +217,13 @@ def test_a_full_cache_disk_costs_nothing_but_the_saving(
     file, and remembers nothing."""
     root = image_folder(tmp_path / "data", SIZES)
     want = _sizes(FolderSource(root))
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], check=True)
-    try:
+    with small_tmpfs(tmp_path / "disk", "64k") as disk:
         (disk / "ipmix" / "scans").mkdir(parents=True)
-        with contextlib.suppress(OSError), open(disk / "filler", "wb") as filler:
-            while True:
-                filler.write(b"\0" * 4096)
-                filler.flush()
+        fill(disk)
         monkeypatch.setenv("XDG_CACHE_HOME", str(disk))
         assert _sizes(FolderSource(root)) == want
         assert list((disk / "ipmix" / "scans").iterdir()) == []
         assert len(scan_cache.load_records(str(root))) == 0
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], check=False)
 
 
 def test_the_command_sees_a_file_replaced_after_it_was_remembered(
